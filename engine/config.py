@@ -1,0 +1,325 @@
+"""Configuration schema: one YAML file, secrets from the environment.
+
+Each capability extends these models. ``load_config`` reports every problem with the file, the
+key path and what is expected, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Principal = Annotated[str, Field(pattern=r"^(\*|[UW][A-Z0-9]+|S[A-Z0-9]+|[a-z][a-z0-9._-]*)$")]
+"""``*`` (anyone), a Slack user ID (``U…``/``W…``), a user group ID (``S…``) or a CLI user name."""
+
+
+class Policy(Model):
+    """Who may do what on a group."""
+
+    start: list[Principal] = Field(default_factory=lambda: ["*"])
+    approve: list[Principal] = Field(default_factory=lambda: ["*"])
+    pause: list[Principal] = Field(default_factory=lambda: ["*"])
+    resume: list[Principal] = Field(default_factory=lambda: ["*"])
+    abort: list[Principal] = Field(default_factory=lambda: ["*"])
+    rollback: list[Principal] = Field(default_factory=lambda: ["*"])
+    override: list[Principal] = Field(default_factory=list)
+    """CP version override, backup waiver, unhealthy instances, lock break-glass."""
+
+
+class Approval(Model):
+    """The approval gate after a group."""
+
+    required: int = Field(1, ge=1, le=10, description="distinct approvals needed")
+    allow_self_approval: bool = False
+    expiry_s: float = Field(4 * 3600, gt=0)
+    reminder_interval_s: float = Field(900, gt=0)
+    escalate_after_reminders: int = Field(2, ge=1)
+    escalation_mention: str | None = None
+
+
+class Thresholds(Model):
+    """Verdict rules for a group's metric summary (defaults from the runbook)."""
+
+    max_5xx_ratio: float = Field(0.01, ge=0, le=1)
+    max_5xx_ratio_factor: float = Field(2.0, ge=1)
+    p99_factor: float = Field(1.5, ge=1)
+    p99_slack_ms: float = Field(20.0, ge=0)
+    min_requests: int = Field(200, ge=1)
+
+
+class Smoke(Model):
+    """Smoke requests sent through each replaced instance."""
+
+    method: Literal["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"] = "GET"
+    path: str = Field("/", pattern=r"^/")
+    expect_status: list[Annotated[int, Field(ge=100, le=599)]] = Field(
+        default_factory=lambda: [200]
+    )
+    count: int = Field(5, ge=1, le=1000)
+    timeout_s: float = Field(5.0, gt=0)
+
+
+class Observation(Model):
+    window_s: float = Field(600, ge=0)
+    checkin_interval_s: float = Field(120, gt=0)
+
+
+class Rollout(Model):
+    batch_size: int = Field(1, ge=1)
+    ready_timeout_s: float = Field(300, gt=0)
+    baseline_window_s: float = Field(30, gt=0)
+    """How long to measure before the group's first replacement."""
+    settle_s: float = Field(30, ge=0)
+    """How long to measure after the group's last replacement before the verdict."""
+
+
+class LocalBackend(Model):
+    type: Literal["local"]
+    sandbox_url: str = Field(pattern=r"^https?://")
+
+
+class DockerBackend(Model):
+    type: Literal["docker"]
+    base_url: str | None = None
+    labels: dict[str, str] = Field(min_length=1)
+    stop_signal: str = "SIGQUIT"
+    stop_timeout_s: float = Field(60, gt=0)
+    status_port: int = Field(7085, ge=1, le=65535)
+
+
+class KubernetesBackend(Model):
+    type: Literal["kubernetes"]
+    namespace: str = "default"
+    deployment: str | None = None
+    selector: dict[str, str] = Field(default_factory=dict)
+    container: str | None = None
+    kubeconfig: str | None = None
+
+    @model_validator(mode="after")
+    def _deployment_or_selector(self) -> KubernetesBackend:
+        if not self.deployment and not self.selector:
+            raise ValueError("set 'deployment' or 'selector' (labels of the group's pods)")
+        return self
+
+
+BackendConfig = Annotated[
+    LocalBackend | DockerBackend | KubernetesBackend, Field(discriminator="type")
+]
+
+
+class Image(Model):
+    """How a version maps to an image for this group (API7 and APISIX tags differ)."""
+
+    repository: str = Field(min_length=1)
+    tags: dict[str, str] = Field(default_factory=dict)
+    """version → tag; a version not listed uses ``tag_template``."""
+    tag_template: str = "{version}"
+
+    @field_validator("tags")
+    @classmethod
+    def _versions_are_versions(cls, tags: dict[str, str]) -> dict[str, str]:
+        for version in tags:
+            if not VERSION_RE.match(str(version)):
+                raise ValueError(f"'{version}' is not a version like 3.8.1")
+        return tags
+
+    def for_version(self, version: str) -> str:
+        tag = self.tags.get(version) or self.tag_template.format(version=version)
+        return f"{self.repository}:{tag}"
+
+
+class Group(Model):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
+    production: bool = False
+    backend: BackendConfig
+    image: Image
+    gateway_group_id: str | None = None
+    """The group's ID on the API7 control plane (instance status and config revision)."""
+    policy: Policy | None = None
+    approval: Approval | None = None
+    thresholds: Thresholds | None = None
+    smoke: Smoke | None = None
+    rollout: Rollout | None = None
+
+
+class ControlPlane(Model):
+    url: str = Field(pattern=r"^https?://")
+    api_key_env: str = "CP_API_KEY"
+    """Name of the environment variable holding the dashboard API key (never the key itself)."""
+    verify_tls: bool = True
+    timeout_s: float = Field(5.0, gt=0)
+
+
+class CommandHook(Model):
+    type: Literal["command"]
+    command: list[str] = Field(min_length=1)
+    artifact: str
+    """Path of the file the command produces (``{run_id}`` is replaced)."""
+    timeout_s: float = Field(600, gt=0)
+
+
+class HttpHook(Model):
+    type: Literal["http"]
+    url: str = Field(pattern=r"^https?://")
+    method: Literal["POST", "PUT", "GET"] = "POST"
+    artifact: str
+    timeout_s: float = Field(600, gt=0)
+
+
+class KubernetesJobHook(Model):
+    type: Literal["kubernetes_job"]
+    namespace: str = "default"
+    job_template: str
+    artifact: str
+    timeout_s: float = Field(1800, gt=0)
+
+
+BackupHook = Annotated[CommandHook | HttpHook | KubernetesJobHook, Field(discriminator="type")]
+
+
+class Defaults(Model):
+    policy: Policy = Field(default_factory=Policy)
+    approval: Approval = Field(default_factory=Approval)
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    smoke: Smoke = Field(default_factory=Smoke)
+    rollout: Rollout = Field(default_factory=Rollout)
+    observation: Observation = Field(default_factory=Observation)
+
+
+class Store(Model):
+    key_prefix: str = "upgrade-bot"
+    lease_ttl_s: float = Field(30, gt=0)
+    audit_retention_days: float = Field(90, gt=0)
+
+
+class Config(Model):
+    """The whole file. Secrets are never here: only the names of environment variables."""
+
+    identity: str | None = None
+    """This bot's identity for run leases (default: the host name)."""
+    groups: list[Group] = Field(min_length=1)
+    defaults: Defaults = Field(default_factory=Defaults)
+    control_plane: ControlPlane | None = None
+    backup: BackupHook | None = None
+    changelog: str | None = None
+    """A local Markdown file or an http(s) URL, one ``## <version>`` heading per release."""
+    store: Store = Field(default_factory=Store)
+    slack: dict[str, Any] | None = None
+    """Read by the Slack layer (see upgrade_bot.bot.settings)."""
+    redis_url: str | None = None
+    """Used by ``demo``/``sandbox`` only when REDIS_URL is not set; ``serve`` ignores it."""
+
+    @model_validator(mode="after")
+    def _unique_group_names(self) -> Config:
+        seen: set[str] = set()
+        for g in self.groups:
+            if g.name in seen:
+                raise ValueError(f"group name '{g.name}' appears twice")
+            seen.add(g.name)
+        return self
+
+    def group(self, name: str) -> Group:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(name)
+
+    def policy_for(self, group: str) -> Policy:
+        return self.group(group).policy or self.defaults.policy
+
+    def approval_for(self, group: str) -> Approval:
+        return self.group(group).approval or self.defaults.approval
+
+    def thresholds_for(self, group: str) -> Thresholds:
+        return self.group(group).thresholds or self.defaults.thresholds
+
+    def smoke_for(self, group: str) -> Smoke:
+        return self.group(group).smoke or self.defaults.smoke
+
+    def rollout_for(self, group: str) -> Rollout:
+        return self.group(group).rollout or self.defaults.rollout
+
+
+def _key_path(loc: tuple[Any, ...], data: Any) -> str:
+    """``groups[0].backend.type`` → ``groups[0] (prod-eu).backend.type`` for readability."""
+    parts: list[str] = []
+    node = data
+    for item in loc:
+        if isinstance(item, int):
+            label = f"[{item}]"
+            if isinstance(node, list) and item < len(node):
+                node = node[item]
+                if isinstance(node, dict) and isinstance(node.get("name"), str):
+                    label += f" ({node['name']})"
+            else:
+                node = None
+            parts.append(label)
+        else:
+            # discriminated unions add the tag ('local', 'docker') as a loc element
+            if isinstance(node, dict) and item not in node and item in (
+                "local", "docker", "kubernetes", "command", "http", "kubernetes_job"
+            ):
+                continue
+            parts.append(("." if parts else "") + str(item))
+            node = node.get(item) if isinstance(node, dict) else None
+    return "".join(parts) or "(top level)"
+
+
+def describe_validation_error(err: ValidationError, data: Any) -> list[str]:
+    problems = []
+    for e in err.errors():
+        key = _key_path(tuple(e["loc"]), data)
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see config.example.yaml)"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        elif e["type"] == "union_tag_invalid":
+            msg = f"expected one of {e['ctx']['expected_tags']}, got '{e['ctx']['tag']}'"
+        problems.append(f"{key}: {msg}")
+    return problems
+
+
+def parse_config(text: str, path: str = "<config>") -> Config:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(path, [f"{where}not valid YAML ({problem})"]) from None
+    if data is None:
+        raise ConfigError(path, ["the file is empty; expected a mapping with at least 'groups'"])
+    if not isinstance(data, dict):
+        raise ConfigError(path, ["expected a mapping at the top level (keys such as 'groups')"])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(path, describe_validation_error(err, data)) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(p), ["no such file"]) from None
+    except OSError as exc:
+        raise ConfigError(str(p), [f"cannot be read ({exc.strerror})"]) from None
+    return parse_config(text, str(p))

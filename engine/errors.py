@@ -1,0 +1,36 @@
+"""The engine's small error vocabulary.
+
+Adapters translate SDK exceptions (docker, kubernetes, httpx, redis) into these at the boundary,
+so that the runner decides between "try again later" and "give up" without knowing any SDK.
+"""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base of every error the engine raises or expects from its adapters."""
+
+
+class TemporaryError(EngineError):
+    """The action may succeed if repeated later (a connection refused, a 5xx, a conflict)."""
+
+    def __init__(self, message: str, *, delay_s: float = 2.0) -> None:
+        super().__init__(message)
+        self.delay_s = delay_s
+
+
+class PermanentError(EngineError):
+    """Repeating the action will not help (image missing, slot unknown, permission denied)."""
+
+
+class NotReadyError(PermanentError):
+    """A slot did not become ready within its deadline."""
+
+
+class ConfigError(EngineError):
+    """A configuration file is unreadable or invalid; ``problems`` lists every finding."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        super().__init__("\n".join(f"{path}: {p}" for p in problems))
