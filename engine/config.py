@@ -90,6 +90,9 @@ class Rollout(Model):
 class LocalBackend(Model):
     type: Literal["local"]
     sandbox_url: str = Field(pattern=r"^https?://")
+    stop_signal: Literal["SIGQUIT", "SIGTERM"] = "SIGQUIT"
+    """SIGTERM cuts in-flight requests; it exists for the sandbox's negative control."""
+    stop_timeout_s: float = Field(60, gt=0)
 
 
 class DockerBackend(Model):
@@ -160,6 +163,8 @@ class ControlPlane(Model):
     url: str = Field(pattern=r"^https?://")
     api_key_env: str = "CP_API_KEY"
     """Name of the environment variable holding the dashboard API key (never the key itself)."""
+    api_key_file: str | None = None
+    """Alternatively, a file holding the key (a mounted secret); used when the variable is unset."""
     verify_tls: bool = True
     timeout_s: float = Field(5.0, gt=0)
 
@@ -180,15 +185,7 @@ class HttpHook(Model):
     timeout_s: float = Field(600, gt=0)
 
 
-class KubernetesJobHook(Model):
-    type: Literal["kubernetes_job"]
-    namespace: str = "default"
-    job_template: str
-    artifact: str
-    timeout_s: float = Field(1800, gt=0)
-
-
-BackupHook = Annotated[CommandHook | HttpHook | KubernetesJobHook, Field(discriminator="type")]
+BackupHook = Annotated[CommandHook | HttpHook, Field(discriminator="type")]
 
 
 class Defaults(Model):
@@ -270,8 +267,10 @@ def _key_path(loc: tuple[Any, ...], data: Any) -> str:
             parts.append(label)
         else:
             # discriminated unions add the tag ('local', 'docker') as a loc element
-            if isinstance(node, dict) and item not in node and item in (
-                "local", "docker", "kubernetes", "command", "http", "kubernetes_job"
+            if (
+                isinstance(node, dict)
+                and item not in node
+                and item in ("local", "docker", "kubernetes", "command", "http", "kubernetes_job")
             ):
                 continue
             parts.append(("." if parts else "") + str(item))

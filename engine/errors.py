@@ -34,3 +34,28 @@ class ConfigError(EngineError):
         self.path = path
         self.problems = problems
         super().__init__("\n".join(f"{path}: {p}" for p in problems))
+
+
+class StaleRecord(EngineError):
+    """A compare-and-set write lost: the record changed since it was read."""
+
+
+class Fenced(EngineError):
+    """The writer's lease token is no longer current: another driver owns the run."""
+
+
+class GroupBusy(EngineError):
+    """A group is locked by another run."""
+
+    def __init__(self, group: str, run_id: str) -> None:
+        super().__init__(f"group {group} is busy: run {run_id} holds it")
+        self.group = group
+        self.run_id = run_id
+
+
+class RunExists(EngineError):
+    """A run with this ID already exists."""
+
+
+class StoreUnavailable(TemporaryError):
+    """Redis cannot be reached."""

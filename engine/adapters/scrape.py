@@ -1,0 +1,168 @@
+"""Scrape the APISIX prometheus plugin of every instance of a group into a Snapshot.
+
+The IO half of ``upgrade_bot.engine.metrics``: one concurrent GET per instance on
+``{base}/apisix/prometheus/metrics``, parsed with prometheus_client's text parser. httpx
+failures and non-200 answers become :class:`TemporaryError` naming the instance; messages
+carry the instance id and host:port, never the URL's credentials, path or query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from ..errors import PermanentError, TemporaryError
+from ..metrics import InstanceSample, Snapshot, merge_buckets
+
+METRICS_PATH = "/apisix/prometheus/metrics"
+
+# prometheus_client's parser reports a counter's samples as `<name>_total` even when the text
+# says `apisix_http_status`; an exposition without TYPE lines keeps the bare name. Accept both.
+STATUS_SAMPLES = frozenset({"apisix_http_status", "apisix_http_status_total"})
+LATENCY_BUCKET = "apisix_http_latency_bucket"
+LATENCY_SUM = "apisix_http_latency_sum"
+LATENCY_COUNT = "apisix_http_latency_count"
+NODE_INFO = "apisix_node_info"
+REQUEST_LATENCY_TYPE = "request"
+# labels of one latency series except `le`: which buckets belong together
+_SERIES_LABELS = ("type", "route", "service", "consumer", "node")
+
+
+def _le(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return None if math.isnan(value) else value
+
+
+def parse_metrics(text: str, instance_id: str) -> InstanceSample:
+    """Read one instance's prometheus text into an :class:`InstanceSample`.
+
+    Requests and status classes come from ``apisix_http_status`` (summed over all labels);
+    the latency histogram, sum and count from ``apisix_http_latency{type="request"}`` summed
+    over routes, services, consumers and nodes; version and hostname from
+    ``apisix_node_info``. Missing metrics count as zero (a fresh instance exports no status
+    series). Raises ValueError when ``text`` is not prometheus text.
+    """
+    requests = 0
+    by_class = {"2": 0, "3": 0, "4": 0, "5": 0}
+    series: dict[tuple[str, ...], list[tuple[float, float]]] = {}
+    latency_sum = 0.0
+    latency_count = 0
+    version: str | None = None
+    hostname: str | None = None
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name, labels, value = sample.name, sample.labels, sample.value
+            if not math.isfinite(value):
+                continue
+            if name in STATUS_SAMPLES:
+                count = round(value)
+                requests += count
+                code = labels.get("code", "")
+                if len(code) == 3 and code.isdigit() and code[0] in by_class:
+                    by_class[code[0]] += count
+            elif name == NODE_INFO:
+                if version is None and hostname is None:  # one per node; keep the first
+                    version = labels.get("version") or None
+                    hostname = labels.get("hostname") or None
+            elif labels.get("type") != REQUEST_LATENCY_TYPE:
+                continue  # the "upstream" and "apisix" latency series, and everything else
+            elif name == LATENCY_BUCKET:
+                le = _le(labels.get("le", ""))
+                if le is not None:
+                    key = tuple(labels.get(k, "") for k in _SERIES_LABELS)
+                    series.setdefault(key, []).append((le, value))
+            elif name == LATENCY_SUM:
+                latency_sum += value
+            elif name == LATENCY_COUNT:
+                latency_count += round(value)
+
+    return InstanceSample(
+        instance_id=instance_id,
+        requests=requests,
+        s2xx=by_class["2"],
+        s3xx=by_class["3"],
+        s4xx=by_class["4"],
+        s5xx=by_class["5"],
+        buckets=merge_buckets(series.values()),
+        latency_sum=latency_sum,
+        latency_count=latency_count,
+        version=version,
+        hostname=hostname,
+    )
+
+
+def _where(url: str) -> str:
+    """host:port of ``url`` -- no credentials, path or query -- for error messages."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "?"
+        port = parts.port
+    except ValueError:
+        return "an invalid URL"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{port}" if port else host
+
+
+async def _scrape_one(instance_id: str, base_url: str, client: httpx.AsyncClient) -> InstanceSample:
+    where = _where(base_url)
+    url = base_url.rstrip("/") + METRICS_PATH
+    try:
+        resp = await client.get(url)
+    except httpx.InvalidURL:
+        raise PermanentError(f"metrics URL of instance {instance_id} is invalid") from None
+    except httpx.HTTPError as exc:
+        raise TemporaryError(
+            f"metrics of instance {instance_id} at {where} unreachable ({type(exc).__name__})"
+        ) from None
+    if resp.status_code != 200:
+        raise TemporaryError(
+            f"metrics of instance {instance_id} at {where} answered HTTP {resp.status_code}"
+        )
+    try:
+        return parse_metrics(resp.text, instance_id)
+    except ValueError:
+        raise TemporaryError(
+            f"metrics of instance {instance_id} at {where} are not prometheus text"
+        ) from None
+
+
+async def scrape(targets: Mapping[str, str], client: httpx.AsyncClient, *, now: float) -> Snapshot:
+    """Scrape every target concurrently into a :class:`Snapshot` taken at ``now``.
+
+    ``targets`` maps instance id to the metrics base URL (``http://10.0.0.5:9091``). Either
+    every instance is scraped or the call fails: one :class:`TemporaryError` names every
+    instance that could not be read (a :class:`PermanentError` wins if any URL is invalid).
+    Timeouts are the client's.
+    """
+    ids = list(targets)
+    results = await asyncio.gather(
+        *(_scrape_one(i, targets[i], client) for i in ids), return_exceptions=True
+    )
+    samples: list[InstanceSample] = []
+    errors: list[BaseException] = []
+    for result in results:
+        if isinstance(result, BaseException):
+            errors.append(result)
+        else:
+            samples.append(result)
+    if errors:
+        for exc in errors:
+            if not isinstance(exc, TemporaryError | PermanentError):
+                raise exc
+        permanent = [e for e in errors if isinstance(e, PermanentError)]
+        if permanent:
+            raise permanent[0]
+        if len(errors) == 1:
+            raise errors[0]
+        raise TemporaryError("; ".join(str(e) for e in errors))
+    return Snapshot(taken_at=now, instances=tuple(samples))

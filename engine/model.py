@@ -1,0 +1,246 @@
+"""The run record: frozen values, saved whole to Redis as JSON, changed only by ``decide``.
+
+A run is a plan (ordered groups, a target image per group) plus where it stands: a step pointer,
+per-slot facts (previous and current image, how often replaced and restored), the open gate,
+the hold, the pending effect. Deadlines (window ends, gate expiry, reminders, holds) are fields
+here, never only in a scheduler, so a restarted bot rebuilds everything from the record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar, Union, get_args, get_origin
+
+SCHEMA_VERSION = 1
+
+# Run states. "waiting" = a human must act (gate, changelog); "paused" = stopped by a person or
+# a rule until resumed; "held" = stopped until a time.
+RUNNING, WAITING, PAUSED, HELD, ROLLING_BACK = (
+    "running",
+    "waiting",
+    "paused",
+    "held",
+    "rolling_back",
+)
+COMPLETED, ROLLED_BACK, FAILED, ABORTED = "completed", "rolled_back", "failed", "aborted"
+TERMINAL = frozenset({COMPLETED, ROLLED_BACK, FAILED, ABORTED})
+
+# Run steps, in order; group steps repeat per group.
+RUN_STEPS = ("cp_check", "changelog", "freeze", "backup", "group", "observe", "done")
+GROUP_PHASES = (
+    "list",
+    "baseline_start",
+    "baseline_end",
+    "replace",
+    "smoke",
+    "settle_start",
+    "settle_end",
+    "gate",
+)
+
+T = TypeVar("T")
+
+
+class Record:
+    """Mixin: frozen dataclass ↔ JSON-ready dict."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload,no-any-return]
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        return _build(cls, data)  # type: ignore[no-any-return]
+
+    def with_(self: T, **changes: Any) -> T:
+        return replace(self, **changes)  # type: ignore[type-var]
+
+
+def _build(tp: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        return _build(args[0], value) if len(args) == 1 else value
+    if origin is tuple:
+        args = get_args(tp)
+        inner = args[0] if args else Any
+        return tuple(_build(inner, v) for v in value)
+    if origin is dict:
+        _, vt = get_args(tp)
+        return {k: _build(vt, v) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        hints = typing.get_type_hints(tp)
+        names = {f.name for f in dataclasses.fields(tp)}
+        return tp(**{k: _build(hints[k], v) for k, v in value.items() if k in names})
+    return value
+
+
+@dataclass(frozen=True)
+class SlotRun(Record):
+    id: str
+    previous_image: str | None = None
+    previous_digest: str | None = None
+    previous_version: str | None = None
+    current_image: str | None = None
+    current_digest: str | None = None
+    current_version: str | None = None
+    status: str = "pending"  # pending | replacing | done | failed | restoring | restored
+    replacements: int = 0
+    restorations: int = 0
+    endpoints: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def touched(self) -> bool:
+        return self.current_image is not None and self.current_image != self.previous_image
+
+
+@dataclass(frozen=True)
+class Approval(Record):
+    user: str
+    at: float
+
+
+@dataclass(frozen=True)
+class Gate(Record):
+    id: str
+    group: str
+    opened_at: float
+    expires_at: float
+    next_reminder_at: float
+    required: int
+    verdict: str
+    reminders: int = 0
+    approvals: tuple[Approval, ...] = ()
+    decision: str | None = None  # approved | rollback | paused | expired | aborted
+    decided_by: tuple[str, ...] = ()
+    decided_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Hold(Record):
+    reason: str
+    until: float
+    by: str = "engine"
+
+
+@dataclass(frozen=True)
+class Rollback(Record):
+    reason: str
+    by: str
+    automatic: bool
+    started_at: float
+
+
+@dataclass(frozen=True)
+class GroupRun(Record):
+    name: str
+    target_image: str
+    production: bool = False
+    batch_size: int = 1
+    status: str = "pending"  # pending | upgrading | verifying | awaiting_approval | approved |
+    #                          rolling_back | rolled_back | failed
+    slots: tuple[SlotRun, ...] = ()
+    baseline_snapshot: dict[str, Any] | None = None
+    settle_snapshot: dict[str, Any] | None = None
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+    verdict: dict[str, Any] | None = None
+    smoke: dict[str, Any] | None = None
+    window_until: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    replaced_at: tuple[float, ...] = ()
+
+    def slot(self, slot_id: str) -> SlotRun:
+        for s in self.slots:
+            if s.id == slot_id:
+                return s
+        raise KeyError(slot_id)
+
+    def with_slot(self, slot: SlotRun) -> GroupRun:
+        return self.with_(slots=tuple(slot if s.id == slot.id else s for s in self.slots))
+
+    @property
+    def touched(self) -> bool:
+        return any(s.touched for s in self.slots)
+
+
+@dataclass(frozen=True)
+class Pending(Record):
+    """The effect the driver is performing; saved before it acts (save, act, save outcome)."""
+
+    key: str
+    kind: str
+    attempt: int = 1
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Run(Record):
+    id: str
+    target_version: str
+    requester: str
+    created_at: float
+    groups: tuple[GroupRun, ...]
+    plan_hash: str
+    approval_mode: str = "human"  # human | auto
+    schema: int = SCHEMA_VERSION
+    state: str = RUNNING
+    step: str = "cp_check"
+    group_index: int = 0
+    phase: str = "list"
+    reason: str | None = None
+    pending: Pending | None = None
+    gate: Gate | None = None
+    gate_seq: int = 0
+    hold: Hold | None = None
+    paused_from: str | None = None
+    rollback: Rollback | None = None
+    overrides: tuple[str, ...] = ()
+    waiver: str | None = None
+    changelog_ack: str | None = None
+    changelog: tuple[dict[str, str], ...] = ()
+    current_version: str | None = None
+    cp: dict[str, Any] | None = None
+    backup: dict[str, Any] | None = None
+    config_revision: int | None = None
+    observe_until: float | None = None
+    next_checkin_at: float | None = None
+    channel: str | None = None
+    thread_ts: str | None = None
+    updated_at: float = 0.0
+    finished_at: float | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    @property
+    def current_group(self) -> GroupRun | None:
+        if self.step == "group" and self.group_index < len(self.groups):
+            return self.groups[self.group_index]
+        return None
+
+    def group(self, name: str) -> GroupRun:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(name)
+
+    def with_group(self, group: GroupRun) -> Run:
+        return self.with_(groups=tuple(group if g.name == group.name else g for g in self.groups))
+
+    def slots(self) -> list[tuple[str, SlotRun]]:
+        return [(g.name, s) for g in self.groups for s in g.slots]
+
+    def mixed_fleet(self) -> dict[str, list[str]]:
+        """Version → slots, as the record knows them."""
+        out: dict[str, list[str]] = {}
+        for _, s in self.slots():
+            version = s.current_version or s.previous_version or "unknown"
+            out.setdefault(version, []).append(s.id)
+        return out

@@ -1,0 +1,202 @@
+"""``upgrade-bot``: the composition root. The only module that wires settings, store, backends,
+engine and bot together."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import headless
+from .engine import EngineError, LeaseBusy, Refused, Unresumable
+from .engine.config import load_config
+from .engine.errors import ConfigError, GroupBusy
+from .sandbox import manage
+from .sandbox.spec import SandboxSpec, group_names, parse_fault
+
+EXIT_OK = headless.EXIT_COMPLETED
+EXIT_USAGE = headless.EXIT_USAGE
+EXIT_CONFIG = headless.EXIT_CONFIG
+
+
+class CliError(Exception):
+    """One clear line for the user; ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _version(text: str) -> str:
+    parts = text.split(".")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a version like 3.8.1")
+    return text
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' must be at least 1")
+    return value
+
+
+def _fault(text: str) -> tuple[str, object]:
+    try:
+        return parse_fault(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="upgrade-bot",
+        description="Rolling upgrades of API gateway data-plane instances, approved from Slack.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = sub.add_parser("validate", help="check a configuration file")
+    validate.add_argument("--config", required=True, type=Path)
+
+    sandbox = sub.add_parser("sandbox", help="a local gateway fleet for rehearsal")
+    sandbox_sub = sandbox.add_subparsers(dest="action", required=True, metavar="ACTION")
+    up = sandbox_sub.add_parser("up", help="start a fleet in the background")
+    up.add_argument("--dir", required=True, type=Path)
+    up.add_argument("--groups", type=_positive_int, default=3)
+    up.add_argument("--instances", type=_positive_int, default=3)
+    up.add_argument("--version", type=_version, default="3.8.0")
+    up.add_argument("--cp-version", type=_version, default=None)
+    up.add_argument("--product", choices=["apisix", "api7"], default="apisix")
+    up.add_argument("--rate", type=float, default=150.0, help="requests/s across all groups")
+    up.add_argument("--latency-ms", type=float, default=50.0, help="simulated upstream latency")
+    up.add_argument(
+        "--fault",
+        type=_fault,
+        action="append",
+        default=[],
+        metavar="VERSION=KIND",
+        help="never-ready, slow-start[:S], errors[:RATIO], latency[:MS], no-cp",
+    )
+    st = sandbox_sub.add_parser("status", help="observed truth of the fleet")
+    st.add_argument("--dir", required=True, type=Path)
+    st.add_argument("--json", action="store_true")
+    dn = sandbox_sub.add_parser("down", help="stop the fleet")
+    dn.add_argument("--dir", required=True, type=Path)
+
+    HEADLESS.update(headless.add_commands(sub, _version))
+
+    demo = sub.add_parser("demo", help="a full rehearsal on the sandbox")
+    from .demo import add_arguments
+
+    add_arguments(demo, _version, _positive_int)
+    return parser
+
+
+def sandbox_spec(args: argparse.Namespace) -> SandboxSpec:
+    faults: dict = {}
+    for version, fault in args.fault:
+        faults[version] = faults[version].merged(fault) if version in faults else fault
+    return SandboxSpec(
+        groups=group_names(args.groups),
+        instances=args.instances,
+        version=args.version,
+        product=args.product,
+        faults=faults,
+        rate_per_s=args.rate,
+        latency_ms=args.latency_ms,
+        cp_version=args.cp_version or max(args.version, "3.8.1", key=_version_key),
+    )
+
+
+def _version_key(v: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in v.split("."))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    print(
+        f"{args.config}: OK ({len(config.groups)} groups: "
+        f"{', '.join(g.name for g in config.groups)})"
+    )
+    return EXIT_OK
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    if args.action == "up":
+        handle = manage.up(args.dir, sandbox_spec(args))
+        print(f"sandbox up in {handle.dir}")
+        print(f"  config: {handle.config_path}")
+        print(f"  control: {handle.control_url}   control plane: {handle.cp_url}")
+        print(f"  redis: {handle.redis_url}")
+        for group, url in handle.front_doors.items():
+            print(f"  {group}: {url}")
+        return EXIT_OK
+    if args.action == "status":
+        data = manage.status(args.dir)
+        if args.json:
+            print(json.dumps(data, indent=2))
+        else:
+            t = data["traffic"]
+            print(
+                f"traffic: {t['total']} requests, {t['ok']} ok, "
+                f"{t['requests_5xx']} 5xx, {t['failed']} failed"
+            )
+            for s in data["slots"]:
+                print(
+                    f"  {s['id']:<14} {s['version']:<8} replaced {s['replacements']}x, "
+                    f"restored {s['restorations']}x, served before ready "
+                    f"{s['served_before_ready']}"
+                )
+        return EXIT_OK
+    if args.action == "down":
+        stopped = manage.down(args.dir)
+        print("sandbox down" if stopped else f"no sandbox was up in {args.dir}")
+        return EXIT_OK
+    raise CliError(f"unknown sandbox action '{args.action}'", EXIT_USAGE)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return asyncio.run(run_demo(args))
+
+
+COMMANDS = {"validate": cmd_validate, "sandbox": cmd_sandbox, "demo": cmd_demo}
+HEADLESS: dict = {}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in HEADLESS:
+            return asyncio.run(HEADLESS[args.command](args))
+        return COMMANDS[args.command](args)
+    except (Refused, GroupBusy, LeaseBusy) as exc:
+        print(f"upgrade-bot: {exc}", file=sys.stderr)
+        return headless.EXIT_REFUSED
+    except Unresumable as exc:
+        print(f"upgrade-bot: {exc}", file=sys.stderr)
+        return headless.EXIT_FAILED
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{exc.path}: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (CliError, manage.SandboxError) as exc:
+        print(f"upgrade-bot: {exc}", file=sys.stderr)
+        return getattr(exc, "code", 1)
+    except EngineError as exc:
+        print(f"upgrade-bot: {exc}", file=sys.stderr)
+        return headless.EXIT_FAILED
+    except KeyboardInterrupt:
+        print("upgrade-bot: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

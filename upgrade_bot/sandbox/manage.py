@@ -1,0 +1,255 @@
+"""``upgrade-bot sandbox up|status|down``: run a sandbox fleet in the background of a folder.
+
+``up`` leaves behind, in its folder: the daemon's state, its log, the embedded Redis (unless
+``REDIS_URL`` is set) and ``config.yaml``, a complete bot configuration for this fleet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from ..redis_server import RedisServer, stop_from_pidfile
+from .daemon import CP_KEY_FILE, SPEC_FILE, STATE_FILE
+from .spec import SandboxSpec
+
+REDIS_DIR = "redis"
+CHANGELOG_FILE = "CHANGELOG.md"
+
+
+class SandboxError(Exception):
+    """Something the user must be told in one line."""
+
+
+@dataclass(frozen=True)
+class SandboxHandle:
+    dir: Path
+    control_url: str
+    cp_url: str
+    redis_url: str
+    config_path: Path
+    front_doors: dict[str, str]
+
+    def status(self) -> dict[str, Any]:
+        return status(self.dir)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_state(directory: Path) -> dict[str, Any] | None:
+    path = directory / STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return state if _pid_alive(int(state["pid"])) else None
+
+
+def up(
+    directory: Path,
+    spec: SandboxSpec,
+    *,
+    timeout_s: float = 120.0,
+    sandbox_defaults: dict[str, Any] | None = None,
+) -> SandboxHandle:
+    directory = directory.resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    if read_state(directory):
+        raise SandboxError(f"a sandbox is already up in {directory} (run 'sandbox down' first)")
+    for stale in ("error.txt", STATE_FILE):
+        with contextlib.suppress(FileNotFoundError):
+            (directory / stale).unlink()
+    spec.save(directory / SPEC_FILE)
+    key_path = directory / CP_KEY_FILE
+    key_path.write_text(secrets.token_hex(16))
+    key_path.chmod(0o600)
+
+    redis_url = os.environ.get("REDIS_URL")
+    if not redis_url:
+        server = RedisServer(directory / REDIS_DIR)
+        server.start_detached()
+        redis_url = server.url
+
+    log = open(directory / "daemon.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "upgrade_bot.sandbox.daemon", "--dir", str(directory)],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+    log.close()
+    deadline = time.monotonic() + timeout_s
+    state = None
+    while time.monotonic() < deadline:
+        state = read_state(directory)
+        if state:
+            break
+        if proc.poll() is not None or (directory / "error.txt").exists():
+            reason = _read(directory / "error.txt") or _tail(directory / "daemon.log")
+            _stop_redis(directory)
+            raise SandboxError(f"the sandbox failed to start: {reason}")
+        time.sleep(0.1)
+    if not state:
+        proc.kill()
+        _stop_redis(directory)
+        raise SandboxError(f"the sandbox did not come up within {timeout_s:g}s")
+
+    config_path = directory / "config.yaml"
+    write_changelog(directory / CHANGELOG_FILE, spec.version)
+    config = bot_config(spec, state, redis_url, key_path, sandbox_defaults)
+    config_path.write_text(
+        "# Written by `upgrade-bot sandbox up`: a complete bot configuration for this fleet.\n"
+        + yaml.safe_dump(config, sort_keys=False)
+    )
+    return SandboxHandle(
+        dir=directory,
+        control_url=state["control_url"],
+        cp_url=state["cp_url"],
+        redis_url=redis_url,
+        config_path=config_path,
+        front_doors=state["front_doors"],
+    )
+
+
+def bot_config(
+    spec: SandboxSpec,
+    state: dict[str, Any],
+    redis_url: str,
+    key_path: Path,
+    defaults: dict[str, Any] | None,
+) -> dict[str, Any]:
+    # Windows sized for the sandbox's traffic: enough requests per window for a verdict.
+    per_group_rps = spec.rate_per_s / max(1, len(spec.groups))
+    window_s = max(5.0, round(260 / per_group_rps, 1)) if per_group_rps else 5.0
+    return {
+        "groups": [
+            {
+                "name": group,
+                "production": group.startswith("prod"),
+                "gateway_group_id": group,
+                "backend": {"type": "local", "sandbox_url": state["control_url"]},
+                "image": {"repository": spec.repository},
+            }
+            for group in spec.groups
+        ],
+        "control_plane": {"url": state["cp_url"], "api_key_file": str(key_path)},
+        "redis_url": redis_url,
+        "changelog": CHANGELOG_FILE,
+        "backup": {
+            "type": "command",
+            "command": [
+                sys.executable,
+                "-m",
+                "upgrade_bot.sandbox.backup",
+                "--cp-url",
+                state["cp_url"],
+                "--key-file",
+                str(key_path),
+                "--out",
+                str(key_path.parent / "backups" / "cp-{run_id}.json"),
+            ],
+            "artifact": str(key_path.parent / "backups" / "cp-{run_id}.json"),
+            "timeout_s": 60,
+        },
+        "defaults": defaults
+        or {
+            "rollout": {
+                "batch_size": 1,
+                "ready_timeout_s": 20,
+                "baseline_window_s": window_s,
+                "settle_s": window_s,
+            },
+            "observation": {"window_s": 5, "checkin_interval_s": 5},
+        },
+    }
+
+
+def write_changelog(path: Path, version: str) -> None:
+    """Release notes for the sandbox's versions, in the vendors' format (one ``## X.Y.Z`` each).
+
+    The text is the sandbox's own, not a vendor's: it only gives the changelog step something
+    to show and to be acknowledged.
+    """
+    major, minor, patch = (int(p) for p in version.split("."))
+    versions = [f"{major}.{minor}.{p}" for p in range(patch, patch + 4)]
+    versions += [f"{major}.{minor + 1}.0", f"{major}.{minor + 1}.1"]
+    lines = ["# Sandbox gateway release notes", ""]
+    for v in reversed(versions):
+        lines += [
+            f"## {v}",
+            "",
+            f"- Sandbox release {v}: no behaviour change unless a fault knob is set for it.",
+            "",
+        ]
+    path.write_text("\n".join(lines))
+
+
+def status(directory: Path) -> dict[str, Any]:
+    state = read_state(directory.resolve())
+    if not state:
+        raise SandboxError(f"no sandbox is up in {directory}")
+    try:
+        resp = httpx.get(state["control_url"] + "/status", timeout=30)
+        resp.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise SandboxError(f"the sandbox does not answer ({type(exc).__name__})") from None
+    data = resp.json()
+    return {"slots": data["slots"], "traffic": data["traffic"], "front_doors": data["front_doors"]}
+
+
+def down(directory: Path, timeout_s: float = 60.0) -> bool:
+    """Stop everything ``up`` started. Returns False when nothing was up."""
+    directory = directory.resolve()
+    state = read_state(directory)
+    if state:
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.post(state["control_url"] + "/shutdown", timeout=10)
+        pid = int(state["pid"])
+        deadline = time.monotonic() + timeout_s
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            for child in state.get("instance_pids", []):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
+    stopped_redis = _stop_redis(directory)
+    return bool(state) or stopped_redis
+
+
+def _stop_redis(directory: Path) -> bool:
+    return bool(stop_from_pidfile(directory / REDIS_DIR))
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    text = _read(path)
+    return " | ".join(text.splitlines()[-lines:]) or "(no log)"

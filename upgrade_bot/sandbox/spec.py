@@ -1,0 +1,112 @@
+"""What a sandbox fleet looks like: groups, slots, versions and the fault knobs per version.
+
+The spec is written to ``DIR/sandbox.json`` by ``sandbox up`` and read by the daemon. Fault knobs
+live here and only here: the bot never sees them and has to discover a bad release by observing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+GROUP_NAMES = ["prod-eu", "prod-us", "prod-ap", "prod-sa", "prod-af", "prod-me", "prod-oc"]
+FAULT_KINDS = ("never-ready", "slow-start", "errors", "latency", "no-cp")
+VERSION_IN_TAG = re.compile(r"(\d+\.\d+\.\d+)")
+
+
+def group_names(count: int) -> list[str]:
+    return [GROUP_NAMES[i] if i < len(GROUP_NAMES) else f"group-{i + 1}" for i in range(count)]
+
+
+@dataclass(frozen=True)
+class Fault:
+    """The knobs of one version, as the simulator takes them."""
+
+    never_ready: bool = False
+    slow_start_s: float = 0.0
+    error_ratio: float = 0.0
+    added_latency_ms: float = 0.0
+    no_cp: bool = False
+
+    def merged(self, other: Fault) -> Fault:
+        return Fault(
+            never_ready=self.never_ready or other.never_ready,
+            slow_start_s=max(self.slow_start_s, other.slow_start_s),
+            error_ratio=max(self.error_ratio, other.error_ratio),
+            added_latency_ms=max(self.added_latency_ms, other.added_latency_ms),
+            no_cp=self.no_cp or other.no_cp,
+        )
+
+
+def parse_fault(text: str) -> tuple[str, Fault]:
+    """``3.8.1=errors:0.2`` → ("3.8.1", Fault(error_ratio=0.2)). Raises ValueError with advice."""
+    version, sep, kind_spec = text.partition("=")
+    if not sep or not re.fullmatch(r"\d+\.\d+\.\d+", version):
+        raise ValueError(f"'{text}': expected VERSION=KIND, e.g. 3.8.1=errors:0.2")
+    kind, _, arg = kind_spec.partition(":")
+    try:
+        value = float(arg) if arg else None
+    except ValueError:
+        raise ValueError(f"'{text}': '{arg}' is not a number") from None
+    if kind == "never-ready":
+        return version, Fault(never_ready=True)
+    if kind == "slow-start":
+        return version, Fault(slow_start_s=value if value is not None else 5.0)
+    if kind == "errors":
+        ratio = value if value is not None else 0.2
+        if not 0 < ratio <= 1:
+            raise ValueError(f"'{text}': the error ratio must be in (0, 1]")
+        return version, Fault(error_ratio=ratio)
+    if kind == "latency":
+        return version, Fault(added_latency_ms=value if value is not None else 200.0)
+    if kind == "no-cp":
+        return version, Fault(no_cp=True)
+    raise ValueError(
+        f"'{text}': unknown fault kind '{kind}'; expected one of {', '.join(FAULT_KINDS)}"
+    )
+
+
+def version_of_image(image: str) -> str:
+    """The gateway version an image runs: the first ``X.Y.Z`` in its tag."""
+    tag = image.rsplit(":", 1)[-1] if ":" in image.rsplit("/", 1)[-1] else ""
+    match = VERSION_IN_TAG.search(tag)
+    if not match:
+        raise ValueError(f"image '{image}' has no version (X.Y.Z) in its tag")
+    return match.group(1)
+
+
+@dataclass
+class SandboxSpec:
+    groups: list[str]
+    instances: int = 3
+    version: str = "3.8.0"
+    product: str = "apisix"
+    repository: str = "sandbox/apisix"
+    faults: dict[str, Fault] = field(default_factory=dict)
+    rate_per_s: float = 150.0
+    latency_ms: float = 50.0
+    ready_delay_s: float = 0.5
+    cp_version: str | None = None
+    heartbeat_interval_s: float = 1.0
+    health_interval_s: float = 0.2
+
+    def image_for(self, version: str) -> str:
+        return f"{self.repository}:{version}"
+
+    def fault_for(self, version: str) -> Fault:
+        return self.faults.get(version, Fault())
+
+    def slot_ids(self, group: str) -> list[str]:
+        return [f"{group}/{i}" for i in range(self.instances)]
+
+    def save(self, path: Path) -> None:
+        data = asdict(self)
+        path.write_text(json.dumps(data, indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> SandboxSpec:
+        data = json.loads(path.read_text())
+        data["faults"] = {v: Fault(**f) for v, f in data.get("faults", {}).items()}
+        return cls(**data)
