@@ -58,7 +58,7 @@ def default_user() -> str:
 
 @contextlib.asynccontextmanager
 async def open_engine(args: argparse.Namespace) -> AsyncIterator[Engine]:
-    config = load_config(args.config)  # noqa: ASYNC240 - a small file, read once
+    config = load_config(args.config)
     async with engine_for(
         config,
         config_dir=Path(args.config).resolve().parent,

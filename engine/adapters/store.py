@@ -46,7 +46,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from upgrade_bot.engine.errors import EngineError, TemporaryError
+from upgrade_bot.engine import errors
 
 GLOBAL = "global"
 DEFAULT_PREFIX = "upgrade-bot"
@@ -57,21 +57,25 @@ _STREAM_ID = re.compile(r"^\d+-\d+$")
 
 
 # --- errors ----------------------------------------------------------------------------------
+# The store raises the engine's own error classes (or subclasses adding detail), so that the
+# engine core, which must not import this adapter, catches them by their engine.errors names.
+
+GroupBusy = errors.GroupBusy  # (group, run_id); the message names the run holding the group
+StoreUnavailable = errors.StoreUnavailable  # a TemporaryError: callers retry later
 
 
-class StoreError(EngineError):
-    """Base of the store's own errors."""
-
-
-class StaleRecord(StoreError):
+class StaleRecord(errors.StaleRecord):
     """The record's revision is not the one the writer read: reload and decide again."""
 
-    def __init__(self, run_id: str, expected_rev: int, actual_rev: int | None) -> None:
+    def __init__(
+        self, run_id: str, expected_rev: int, actual_rev: int | None, message: str = ""
+    ) -> None:
         self.run_id = run_id
         self.expected_rev = expected_rev
         self.actual_rev = actual_rev
         super().__init__(
-            f"run {run_id}: record is at revision {actual_rev}, not {expected_rev}"
+            message
+            or f"run {run_id}: record is at revision {actual_rev}, not {expected_rev}"
             " (changed by another writer); reload it"
         )
 
@@ -79,14 +83,11 @@ class StaleRecord(StoreError):
 class RunNotFound(StaleRecord):
     """There is no record for this run (never created, or expired after its retention)."""
 
-    def __init__(self, run_id: str, expected_rev: int | None = None) -> None:
-        StoreError.__init__(self, f"run {run_id} has no record")
-        self.run_id = run_id
-        self.expected_rev = expected_rev if expected_rev is not None else 0
-        self.actual_rev = None
+    def __init__(self, run_id: str, expected_rev: int = 0) -> None:
+        super().__init__(run_id, expected_rev, None, f"run {run_id} has no record")
 
 
-class Fenced(StoreError):
+class Fenced(errors.Fenced):
     """The writer's lease token is no longer the current one: another driver owns the run."""
 
     def __init__(self, fence: Fence, current: dict[str, Any] | None) -> None:
@@ -102,25 +103,12 @@ class Fenced(StoreError):
         )
 
 
-class GroupBusy(StoreError):
-    """A gateway group is locked by another run."""
-
-    def __init__(self, group: str, run_id: str) -> None:
-        self.group = group
-        self.run_id = run_id
-        super().__init__(f"gateway group {group} is locked by run {run_id}")
-
-
-class RunExists(StoreError):
+class RunExists(errors.RunExists):
     """A run with this id already exists."""
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         super().__init__(f"run {run_id} already exists")
-
-
-class StoreUnavailable(StoreError, TemporaryError):
-    """Redis cannot be reached (or cannot accept writes) right now; retry later."""
 
 
 @dataclass(frozen=True)

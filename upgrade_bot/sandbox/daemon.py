@@ -92,7 +92,7 @@ class Sandbox:
         """Traffic starts only once every front door has seen its members ready."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if all(d.healthy_count() >= self.spec.instances for d in self.front_doors.values()):
+            if all(len(d.healthy_members()) >= self.spec.instances for d in self.front_doors.values()):
                 return
             await asyncio.sleep(0.05)
         raise RuntimeError("front doors did not see the fleet ready in time")
