@@ -270,7 +270,7 @@ def _key_path(loc: tuple[Any, ...], data: Any) -> str:
             if (
                 isinstance(node, dict)
                 and item not in node
-                and item in ("local", "docker", "kubernetes", "command", "http", "kubernetes_job")
+                and item in ("local", "docker", "kubernetes", "command", "http")
             ):
                 continue
             parts.append(("." if parts else "") + str(item))

@@ -38,7 +38,7 @@ def test_the_documented_example_is_valid() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("groups: [\n  - name: x\n", ["line 3", "not valid YAML"]),
+        ("groups: [\n  - name: x\n", ["line 2, column 3", "not valid YAML"]),
         ("", ["the file is empty"]),
         ("- just\n- a list\n", ["expected a mapping at the top level"]),
         ("groups: []\n", ["groups: List should have at least 1 item"]),

@@ -53,6 +53,7 @@ async def run_backup(
     """Run the backup hook for ``run_id`` and describe the artifact it produced.
 
     ``client`` is used by HTTP hooks (one is created and closed when omitted).
+    ``duration_s`` covers producing the artifact and fingerprinting it.
     """
     if not _RUN_ID.match(run_id):
         # run_id becomes part of a file path: refuse anything that could leave the directory

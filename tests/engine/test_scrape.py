@@ -355,7 +355,7 @@ async def test_live_healthy_group_window_counts_exactly_what_was_sent(start_sim:
     assert [le for le, _ in w.buckets] == [*map(float, APISIX_BUCKETS_MS), INF]
     # 5 ms x uniform(0.5, 1.5) upstream: the median sits in (2, 5] or (5, 10]
     assert s.p50_ms is not None and 2.0 < s.p50_ms <= 10.0
-    assert s.p99_ms is not None and s.p99_ms <= 50.0
+    assert s.p99_ms is not None and s.p99_ms <= 100.0  # generous: scheduling noise on CI
     assert s.duration_s > 0 and s.rate_per_s > 0
 
 
@@ -401,7 +401,7 @@ async def test_live_added_latency_moves_p99_by_about_that_much(start_sim: StartS
     lo, hi = bucket_of(added_ms + 1.5 * base_ms)
     assert bucket_of(added_ms + 0.5 * base_ms) == (lo, hi)  # one bucket holds the whole range
     assert lo < after_summary.p99_ms <= hi
-    assert before_summary.p99_ms <= 50.0
+    assert before_summary.p99_ms <= lo  # a lower bucket (even under scheduling noise)
     moved = after_summary.p99_ms - before_summary.p99_ms
     assert added_ms - (hi - lo) <= moved <= added_ms + (hi - lo)
 
@@ -411,13 +411,16 @@ async def test_live_added_latency_moves_p99_by_about_that_much(start_sim: StartS
 
 
 async def test_live_healthy_replacement_passes(start_sim: StartSim) -> None:
-    old = await start_sim("gw-0", version="3.8.1")
+    # 40 ms x uniform(0.5, 1.5): p99 near the top of (50, 100], so the limit (1.5 x p99 + 20)
+    # sits deep in (100, 200] and scheduling noise on a busy machine cannot reach it
+    old = await start_sim("gw-0", version="3.8.1", latency_ms=40.0)
     before_summary, _ = await measure([old], 250)
-    new = await start_sim("gw-1", version="3.9.0", seed=11)
+    new = await start_sim("gw-1", version="3.9.0", latency_ms=40.0, seed=11)
     after_summary, codes = await measure([new], 250)
     assert codes == Counter({200: 250})
     verdict = judge(before_summary, after_summary, Thresholds())
     assert verdict.phase is Phase.PASS, verdict.reasons
+    assert [r.split()[0] for r in verdict.reasons] == ["5xx", "p99"]
 
 
 async def test_live_scrape_of_a_stopped_instance_is_temporary(start_sim: StartSim) -> None:

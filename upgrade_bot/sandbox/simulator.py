@@ -736,6 +736,9 @@ class Gateway:
         for site in self._sites:
             await site.stop()  # closes the listening socket: new connects are refused
         emit_event("draining", pid=os.getpid(), signal=signame, in_flight=self.in_flight)
+        # one loop turn lets requests already read off the sockets reach their handlers, so
+        # pre_shutdown does not mistake them for idle connections (as aiohttp's cleanup does)
+        await asyncio.sleep(0)
         for runner in self._runners:
             if runner.server is not None:
                 runner.server.pre_shutdown()  # closes idle keep-alive connections now
