@@ -63,7 +63,7 @@ class Engine:
         new_id: Callable[[str], str],
         clock: Clock | None = None,
         poll_interval_s: float = 0.5,
-        checkpoint: Callable[[str], None] = no_checkpoint,
+        checkpoint: Callable[[str, str], None] = no_checkpoint,
     ) -> None:
         self.config = config
         self.store = store
@@ -306,18 +306,31 @@ class Engine:
     async def events(self, run_id: str, after: str = "0-0") -> list[tuple[str, dict[str, Any]]]:
         return list(await self.store.events(run_id, after=after))
 
+    async def cursor(self, consumer: str, run_id: str) -> str:
+        """Where ``consumer`` (the Slack notifier, a transcript) stopped reading a run's events."""
+        return str(await self.store.get_cursor(consumer, run_id))
+
+    async def advance_cursor(self, consumer: str, run_id: str, event_id: str) -> None:
+        """Record that ``consumer`` has delivered everything up to ``event_id`` (never back)."""
+        await self.store.set_cursor(consumer, run_id, event_id)
+
     # --- driving ------------------------------------------------------------------------------
 
-    async def drive(self, run_id: str, *, until_human: bool = True) -> DriveResult:
-        return await self.runner.drive(run_id, until_human=until_human)
+    async def drive(
+        self, run_id: str, *, until_human: bool = True, lease_wait_s: float = 0.0
+    ) -> DriveResult:
+        """Drive a run until it ends or waits for a person (see ``Runner.drive``)."""
+        return await self.runner.drive(run_id, until_human=until_human, lease_wait_s=lease_wait_s)
 
-    async def resume_all(self, *, until_human: bool = True) -> dict[str, DriveResult | str]:
+    async def resume_all(
+        self, *, until_human: bool = True, lease_wait_s: float = 0.0
+    ) -> dict[str, DriveResult | str]:
         """Drive every unfinished run until each ends or waits for a person."""
         run_ids = await self.active()
 
         async def one(run_id: str) -> DriveResult | str:
             try:
-                return await self.drive(run_id, until_human=until_human)
+                return await self.drive(run_id, until_human=until_human, lease_wait_s=lease_wait_s)
             except LeaseBusy as exc:
                 return str(exc)
             except Unresumable as exc:

@@ -11,17 +11,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
 from .config import Config
 from .decide import Command, Decision, Event, Failure, Outcome, Tick, decide
-from .errors import EngineError, Fenced, PermanentError, StaleRecord, TemporaryError
+from .errors import (
+    EngineError,
+    Fenced,
+    PermanentError,
+    StaleRecord,
+    StoreUnavailable,
+    TemporaryError,
+)
 from .model import PAUSED, WAITING, Pending, Run
 from .schema import Unresumable, load_run
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Clock(Protocol):
@@ -61,8 +69,12 @@ class DriveResult:
     reason: str  # finished | waiting | paused | lost
 
 
-def no_checkpoint(name: str) -> None:
-    """Production: boundaries are no-ops. Tests pass a function that crashes at one of them."""
+def no_checkpoint(name: str, detail: str) -> None:
+    """Production: boundaries are no-ops. Tests pass a function that crashes at one of them.
+
+    ``name`` is the boundary (before_save, after_save, before_act, after_act, after_outcome);
+    ``detail`` tells one occurrence from another (the record revision, the effect key).
+    """
 
 
 class Runner:
@@ -76,8 +88,8 @@ class Runner:
         clock: Clock | None = None,
         lease_ttl_s: float | None = None,
         poll_interval_s: float = 0.5,
-        checkpoint: Callable[[str], None] = no_checkpoint,
-        schema_check: Callable[[dict[str, Any]], Run] | None = None,
+        checkpoint: Callable[[str, str], None] = no_checkpoint,
+        store_outage_s: float = 600.0,
     ) -> None:
         self.store = store
         self.performer = performer
@@ -87,29 +99,45 @@ class Runner:
         self.lease_ttl_s = lease_ttl_s or config.store.lease_ttl_s
         self.poll_interval_s = poll_interval_s
         self.checkpoint = checkpoint
-        self.schema_check = schema_check
+        self.store_outage_s = store_outage_s
 
     # --- loading and saving -----------------------------------------------------------------
 
+    async def _store(self, op: Callable[[], Awaitable[T]]) -> T:
+        """A store call that waits out a Redis outage (restart, failover) instead of failing."""
+        delay = 0.2
+        deadline = self.clock.now() + self.store_outage_s
+        while True:
+            try:
+                return await op()
+            except StoreUnavailable as exc:
+                if self.clock.now() >= deadline:
+                    raise
+                log.warning("store unavailable (%s); retrying in %.1fs", exc, delay)
+                await self.clock.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     async def load(self, run_id: str) -> tuple[Run, int]:
-        loaded = await self.store.load(run_id)
+        loaded = await self._store(lambda: self.store.load(run_id))
         if loaded is None:
             raise EngineError(f"no run '{run_id}'")
         data, rev = loaded
         return load_run(data), rev
 
     async def _save(self, run_id: str, decision: Decision, rev: int, fence: Any) -> int:
-        self.checkpoint("before_save")
-        new_rev: int = await self.store.save(
-            run_id,
-            decision.run.to_dict(),
-            expected_rev=rev,
-            fence=fence,
-            events=list(decision.events),
+        self.checkpoint("before_save", f"rev{rev}")
+        new_rev: int = await self._store(
+            lambda: self.store.save(
+                run_id,
+                decision.run.to_dict(),
+                expected_rev=rev,
+                fence=fence,
+                events=list(decision.events),
+            )
         )
-        self.checkpoint("after_save")
+        self.checkpoint("after_save", f"rev{rev}")
         if decision.run.terminal:
-            await self.store.finish(run_id)
+            await self._store(lambda: self.store.finish(run_id))
         return new_rev
 
     async def apply(self, run_id: str, event: Event, *, fence: Any = None) -> Decision:
@@ -132,56 +160,79 @@ class Runner:
 
     # --- driving ----------------------------------------------------------------------------
 
-    async def drive(self, run_id: str, *, until_human: bool = True) -> DriveResult:
+    async def acquire(self, run_id: str, *, wait_s: float = 0.0) -> _Lease:
+        """Take the run's lease; with ``wait_s``, wait that long for another holder's to lapse."""
+        deadline = self.clock.now() + wait_s
+        while True:
+            fence = await self._store(
+                lambda: self.store.acquire_lease(run_id, self.identity, self.lease_ttl_s)
+            )
+            if fence is not None:
+                return _Lease(run_id, fence)
+            if self.clock.now() >= deadline:
+                holder = await self._store(lambda: self.store.lease_holder(run_id))
+                name = holder.get("holder") if holder else "another driver"
+                raise LeaseBusy(f"run {run_id} is driven by {name}")
+            await self.clock.sleep(min(1.0, self.lease_ttl_s / 4))
+
+    async def drive(
+        self, run_id: str, *, until_human: bool = True, lease_wait_s: float = 0.0
+    ) -> DriveResult:
         """Drive ``run_id`` until it ends or (with ``until_human``) waits for a person."""
-        fence = await self.store.acquire_lease(run_id, self.identity, self.lease_ttl_s)
-        if fence is None:
-            holder = await self.store.lease_holder(run_id)
-            raise LeaseBusy(f"run {run_id} is driven by {holder and holder.get('holder')}")
-        lost = asyncio.Event()
-        renewer = asyncio.create_task(self._renew(fence, lost))
+        lease = await self.acquire(run_id, wait_s=lease_wait_s)
+        renewer = asyncio.create_task(self._renew(lease))
         try:
-            return await self._drive(run_id, fence, lost, until_human)
+            return await self._drive(lease, until_human)
         finally:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await renewer
-            if not lost.is_set():
+            if not lease.lost.is_set():
                 with contextlib.suppress(Exception):
-                    await self.store.release_lease(fence)
+                    await self.store.release_lease(lease.fence)
 
-    async def _renew(self, fence: Any, lost: asyncio.Event) -> None:
+    async def _renew(self, lease: _Lease) -> None:
         while True:
             await asyncio.sleep(self.lease_ttl_s / 3)
             try:
-                if not await self.store.renew_lease(fence, self.lease_ttl_s):
-                    lost.set()
-                    return
+                if await self.store.renew_lease(lease.fence, self.lease_ttl_s):
+                    continue
+                # Lapsed (e.g. Redis was down longer than the TTL) and nobody took it: take it
+                # back. Held by anyone else, even our own identity: we are the stale one.
+                if await self.store.lease_holder(lease.run_id) is None:
+                    fence = await self.store.acquire_lease(
+                        lease.run_id, self.identity, self.lease_ttl_s
+                    )
+                    if fence is not None:
+                        lease.fence = fence
+                        continue
+                lease.lost.set()
+                return
             except TemporaryError:
-                continue  # Redis blip: the TTL leaves room for the next try
+                continue  # Redis blip: the next try may succeed before the TTL runs out
 
-    async def _drive(
-        self, run_id: str, fence: Any, lost: asyncio.Event, until_human: bool
-    ) -> DriveResult:
+    async def _drive(self, lease: _Lease, until_human: bool) -> DriveResult:
+        run_id = lease.run_id
         while True:
-            if lost.is_set():
+            if lease.lost.is_set():
                 raise LeaseLost(f"lost the lease on run {run_id}")
             run, rev = await self.load(run_id)
             if run.terminal:
-                await self.store.finish(run_id)
+                await self._store(lambda: self.store.finish(run_id))
                 return DriveResult(run, "finished")
             now = self.clock.now()
             decision = decide(run, Tick(), now, self.config)
             try:
                 if decision.run != run or decision.events:
-                    rev = await self._save(run_id, decision, rev, fence)
+                    rev = await self._save(run_id, decision, rev, lease.fence)
             except StaleRecord:
                 continue  # a command landed meanwhile: decide again on the fresh record
             except Fenced:
+                lease.lost.set()
                 raise LeaseLost(f"another driver holds run {run_id}") from None
             run = decision.run
             if decision.effects:
-                await self._act(run_id, run, decision.effects[0], fence)
+                await self._act(lease, run, decision.effects[0])
                 continue
             if run.terminal:
                 return DriveResult(run, "finished")
@@ -192,17 +243,28 @@ class Runner:
                 wait = max(0.0, min(wait, decision.wake_at - now))
             await self.clock.sleep(wait)
 
-    async def _act(self, run_id: str, run: Run, effect: Pending, fence: Any) -> None:
-        if not await self.store.check_fence(fence):
+    async def _act(self, lease: _Lease, run: Run, effect: Pending) -> None:
+        run_id = lease.run_id
+        if not await self._store(lambda: self.store.check_fence(lease.fence)):
+            lease.lost.set()
             raise LeaseLost(f"another driver holds run {run_id}; not acting")
-        self.checkpoint("before_act")
-        result = await self.performer.perform(run, effect, fence)
-        self.checkpoint("after_act")
+        detail = f"{effect.key}#{effect.attempt}"
+        self.checkpoint("before_act", detail)
+        result = await self.performer.perform(run, effect, lease.fence)
+        self.checkpoint("after_act", detail)
         try:
-            await self.apply(run_id, result, fence=fence)
+            await self.apply(run_id, result, fence=lease.fence)
         except Fenced:
+            lease.lost.set()
             raise LeaseLost(f"another driver holds run {run_id}") from None
-        self.checkpoint("after_outcome")
+        self.checkpoint("after_outcome", detail)
+
+
+@dataclass
+class _Lease:
+    run_id: str
+    fence: Any
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 async def resolve_outcome(coro: Any, key: str) -> Outcome | Failure:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import getpass
 import json
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -61,29 +62,40 @@ async def open_engine(args: argparse.Namespace) -> AsyncIterator[Engine]:
     config = load_config(args.config)
     async with engine_for(
         config,
-        config_dir=Path(args.config).resolve().parent,
+        config_dir=Path(os.path.dirname(os.path.abspath(args.config))),
         redis_url=redis_url_for(config, require_env=False),
     ) as engine:
         yield engine
 
 
 class Transcript:
-    """Prints a run's events from its durable stream as they arrive."""
+    """Prints a run's events from its durable stream as they arrive.
+
+    Its delivery cursor lives in Redis, so a resumed command carries on after the last line it
+    printed instead of starting over.
+    """
+
+    CONSUMER = "cli-transcript"
 
     def __init__(self, engine: Engine, run_id: str, out: Callable[[str], None] = print) -> None:
         self.engine = engine
         self.run_id = run_id
-        self.cursor = "0-0"
+        self.cursor: str | None = None
         self.out = out
 
     async def flush(self) -> None:
-        for event_id, event in await self.engine.events(self.run_id, after=self.cursor):
-            self.cursor = event_id
+        if self.cursor is None:
+            self.cursor = await self.engine.cursor(self.CONSUMER, self.run_id)
+        events = await self.engine.events(self.run_id, after=self.cursor)
+        for event_id, event in events:
             line = render_event(event)
             if line:
                 stamp = time.strftime("%H:%M:%S", time.localtime(event.get("at", time.time())))
                 for part in line.splitlines():
                     self.out(f"{stamp}  {part}")
+            self.cursor = event_id
+        if events:
+            await self.engine.advance_cursor(self.CONSUMER, self.run_id, self.cursor)
 
     async def follow(self, stop: asyncio.Event, interval_s: float = 0.2) -> None:
         while not stop.is_set():
@@ -93,12 +105,14 @@ class Transcript:
         await self.flush()
 
 
-async def drive_with_transcript(engine: Engine, run_id: str, *, quiet: bool = False) -> Run:
+async def drive_with_transcript(
+    engine: Engine, run_id: str, *, quiet: bool = False, lease_wait_s: float = 0.0
+) -> Run:
     transcript = Transcript(engine, run_id, out=(lambda _: None) if quiet else print)
     stop = asyncio.Event()
     follower = asyncio.create_task(transcript.follow(stop))
     try:
-        result = await engine.drive(run_id)
+        result = await engine.drive(run_id, lease_wait_s=lease_wait_s)
     finally:
         stop.set()
         await follower
@@ -181,8 +195,12 @@ async def cmd_resume(args: argparse.Namespace) -> int:
                 if decision.refusal:
                     print(f"refused: {decision.refusal}", file=sys.stderr)
                     return EXIT_REFUSED
-            return _finish(await drive_with_transcript(engine, args.run, quiet=args.quiet))
-        results = await engine.resume_all()
+            return _finish(
+                await drive_with_transcript(
+                    engine, args.run, quiet=args.quiet, lease_wait_s=args.wait_lease
+                )
+            )
+        results = await engine.resume_all(lease_wait_s=args.wait_lease)
         if not results:
             print("no unfinished runs")
             return EXIT_COMPLETED
@@ -336,6 +354,13 @@ def add_commands(sub: Any, version_type: Callable[[str], str]) -> dict[str, Any]
     resume = sub.add_parser("resume", help="drive unfinished runs (or resume a paused one)")
     common(resume)
     resume.add_argument("run", nargs="?")
+    resume.add_argument(
+        "--wait-lease",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="wait up to S seconds for another driver's lease to lapse (takeover)",
+    )
 
     status = sub.add_parser("status", help="where runs stand")
     common(status)

@@ -76,7 +76,7 @@ async def engine_for(
     config_dir: Path,
     redis_url: str,
     clock: Clock | None = None,
-    checkpoint: Callable[[str], None] = no_checkpoint,
+    checkpoint: Callable[[str, str], None] = no_checkpoint,
     poll_interval_s: float = 0.2,
     identity: str | None = None,
 ) -> AsyncIterator[Engine]:

@@ -159,7 +159,10 @@ class EffectPerformer:
         async def one(slot_id: str) -> tuple[str, SlotInfo | BaseException]:
             try:
                 info = await backend.ensure_image(
-                    slot_id, args["image"], ready_timeout_s=float(args["ready_timeout_s"])
+                    slot_id,
+                    args["image"],
+                    ready_timeout_s=float(args["ready_timeout_s"]),
+                    fence=f"{run.id}:{fence.token}" if fence is not None else None,
                 )
                 return slot_id, info
             except (TemporaryError, PermanentError) as exc:

@@ -37,8 +37,13 @@ class Backend(Protocol):
         """Every slot of the group, in a stable order."""
         ...
 
-    async def ensure_image(self, slot_id: str, image: str, *, ready_timeout_s: float) -> SlotInfo:
+    async def ensure_image(
+        self, slot_id: str, image: str, *, ready_timeout_s: float, fence: str | None = None
+    ) -> SlotInfo:
         """Bring ``slot_id`` to ``image`` and return once it is ready.
+
+        ``fence`` (``"<run>:<token>"``) is the driver's fencing token: a runtime that can check
+        it refuses changes from a driver whose token is older than one it has seen.
 
         Idempotent. Raises ``NotReadyError`` when the replacement is not ready within
         ``ready_timeout_s`` (the slot is then left on its previous, serving instance where the

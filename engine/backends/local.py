@@ -18,6 +18,8 @@ import httpx
 from ..errors import NotReadyError, PermanentError, TemporaryError
 from .base import SlotInfo
 
+FENCE_HEADER = "X-Upgrade-Fence"
+
 
 class LocalBackend:
     def __init__(
@@ -43,6 +45,8 @@ class LocalBackend:
             raise TemporaryError(f"sandbox unreachable ({type(exc).__name__})") from None
         if resp.status_code >= 500:
             raise TemporaryError(f"sandbox error {resp.status_code}: {_error(resp)}")
+        if resp.status_code == 409 and "fenced" in resp.text:
+            raise PermanentError(f"the sandbox refused a stale driver: {_error(resp)}")
         if resp.status_code >= 400:
             raise PermanentError(f"sandbox refused {method} {path}: {_error(resp)}")
         return resp.json()
@@ -54,13 +58,16 @@ class LocalBackend:
     async def describe(self, slot_id: str) -> SlotInfo:
         return _slot_info(await self._call("GET", f"/slots/{slot_id}"))
 
-    async def ensure_image(self, slot_id: str, image: str, *, ready_timeout_s: float) -> SlotInfo:
+    async def ensure_image(
+        self, slot_id: str, image: str, *, ready_timeout_s: float, fence: str | None = None
+    ) -> SlotInfo:
         """Bring ``slot_id`` to ``image``: start beside, wait ready, hand over, drain the old."""
         self._check_slot(slot_id)
+        headers = {FENCE_HEADER: fence} if fence else {}
         slot = await self._call("GET", f"/slots/{slot_id}")
         current = slot.get("current") or {}
         if slot.get("image") == image and slot.get("ready"):
-            await self._stop_others(slot, keep=current.get("id"))
+            await self._stop_others(slot, keep=current.get("id"), headers=headers)
             return _slot_info(slot)
         # A replacement left by an interrupted attempt is reused, never doubled.
         pending = [
@@ -69,30 +76,37 @@ class LocalBackend:
         new = (
             pending[0]
             if pending
-            else await self._call("POST", f"/slots/{slot_id}/instances", json={"image": image})
+            else await self._call(
+                "POST", f"/slots/{slot_id}/instances", json={"image": image}, headers=headers
+            )
         )
         if not await self._wait_ready(new["id"], ready_timeout_s):
-            await self._stop(new["id"], "SIGTERM")  # it never received traffic
+            await self._stop(new["id"], "SIGTERM", headers)  # it never received traffic
             raise NotReadyError(
                 f"{slot_id}: {image} was not ready within {ready_timeout_s:g}s "
                 f"(the slot keeps serving {slot.get('image')})"
             )
-        await self._call("POST", f"/slots/{slot_id}/activate", json={"instance": new["id"]})
+        await self._call(
+            "POST", f"/slots/{slot_id}/activate", json={"instance": new["id"]}, headers=headers
+        )
         slot = await self._call("GET", f"/slots/{slot_id}")
-        await self._stop_others(slot, keep=new["id"])
+        await self._stop_others(slot, keep=new["id"], headers=headers)
         return _slot_info(await self._call("GET", f"/slots/{slot_id}"))
 
-    async def _stop_others(self, slot: dict[str, Any], keep: str | None) -> None:
+    async def _stop_others(
+        self, slot: dict[str, Any], keep: str | None, headers: dict[str, str]
+    ) -> None:
         for inst in slot["instances"]:
             if inst["id"] != keep:
-                await self._stop(inst["id"], self.stop_signal)
+                await self._stop(inst["id"], self.stop_signal, headers)
 
-    async def _stop(self, inst_id: str, signal_name: str) -> None:
+    async def _stop(self, inst_id: str, signal_name: str, headers: dict[str, str]) -> None:
         await self._call(
             "POST",
             f"/instances/{inst_id}/stop",
             json={"signal": signal_name, "timeout_s": self.stop_timeout_s},
             timeout=self.stop_timeout_s + 10,
+            headers=headers,
         )
 
     async def _wait_ready(self, inst_id: str, timeout_s: float) -> bool:

@@ -293,21 +293,35 @@ async def start_sim() -> AsyncIterator[StartSim]:
 
 
 async def send(sims: list[Sim], n: int, *, concurrency: int = 20) -> Counter[int]:
-    """``n`` GETs spread round-robin over ``sims``; the status codes the client saw."""
+    """``n`` GETs spread round-robin over ``sims``; the status codes the client saw.
+
+    Every answer must name the simulator it was sent to (``Server: APISIX/<version>``
+    and, on success, its instance id), so a count can never include someone else's server.
+    """
     sem = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(timeout=10.0) as client:
+    strangers: Counter[str] = Counter()
+    async with httpx.AsyncClient(timeout=10.0, trust_env=False) as client:
 
         async def one(i: int) -> int:
+            sim = sims[i % len(sims)]
             async with sem:
-                resp = await client.get(f"{sims[i % len(sims)].proxy_url}/anything/{i}")
-                return resp.status_code
+                resp = await client.get(f"{sim.proxy_url}/anything/{i}")
+            answered_by = resp.headers.get("server", "")
+            expected = f"APISIX/{sim.version}"
+            if resp.status_code == 200:
+                answered_by += f" {resp.json().get('instance')}"
+                expected += f" {sim.instance_id}"
+            if answered_by != expected:
+                strangers[f"{sim.proxy_url} answered {resp.status_code} by {answered_by!r}"] += 1
+            return resp.status_code
 
         codes = await asyncio.gather(*(one(i) for i in range(n)))
+    assert not strangers, strangers
     return Counter(codes)
 
 
 async def take(sims: list[Sim]) -> Snapshot:
-    async with httpx.AsyncClient(timeout=5.0) as client:
+    async with httpx.AsyncClient(timeout=5.0, trust_env=False) as client:
         return await scrape(
             {s.instance_id: s.metrics_url for s in sims}, client, now=time.monotonic()
         )

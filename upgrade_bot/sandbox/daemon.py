@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 STATE_FILE = "state.json"
 SPEC_FILE = "sandbox.json"
 CP_KEY_FILE = "cp_api_key"
+TRAFFIC_PATH = "/api/orders"
+"""What the traffic generator requests: a proxied route, so upstream faults show in it."""
 
 
 class Sandbox:
@@ -44,6 +46,8 @@ class Sandbox:
         self.fleet: Fleet | None = None
         self.cp_state: ControlPlaneState | None = None
         self._runners: list[web.AppRunner] = []
+        self.fences: dict[str, int] = {}
+        self.fenced = 0
 
     async def start(self, control_port: int) -> dict[str, Any]:
         api_key = (self.dir / CP_KEY_FILE).read_text().strip()
@@ -70,7 +74,9 @@ class Sandbox:
             self.front_doors[group] = door
         await self._wait_front_doors_healthy()
         self.traffic = TrafficGenerator(
-            {g: d.url for g, d in self.front_doors.items()}, rate_per_s=self.spec.rate_per_s
+            {g: d.url for g, d in self.front_doors.items()},
+            rate_per_s=self.spec.rate_per_s,
+            path=TRAFFIC_PATH,
         )
         if self.spec.rate_per_s > 0:
             await self.traffic.start()
@@ -92,7 +98,9 @@ class Sandbox:
         """Traffic starts only once every front door has seen its members ready."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if all(len(d.healthy_members()) >= self.spec.instances for d in self.front_doors.values()):
+            if all(
+                len(d.healthy_members()) >= self.spec.instances for d in self.front_doors.values()
+            ):
                 return
             await asyncio.sleep(0.05)
         raise RuntimeError("front doors did not see the fleet ready in time")
@@ -110,7 +118,7 @@ class Sandbox:
     # --- control API ------------------------------------------------------------------------
 
     def control_app(self) -> web.Application:
-        app = web.Application(middlewares=[_errors_as_json])
+        app = web.Application(middlewares=[_errors_as_json, self._fencing])
         app.add_routes(
             [
                 web.get("/health", self.health),
@@ -128,6 +136,37 @@ class Sandbox:
         )
         return app
 
+    @web.middleware
+    async def _fencing(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Refuse changes from a driver whose fencing token is older than one already seen.
+
+        The token travels with every change the local backend makes; a driver that was frozen
+        while another took over its run finds its late actions refused here.
+        """
+        fence = request.headers.get("X-Upgrade-Fence")
+        if fence and request.method != "GET":
+            run_id, _, raw = fence.rpartition(":")
+            try:
+                token = int(raw)
+            except ValueError:
+                raise FleetError(f"malformed fencing token '{fence}'") from None
+            newest = self.fences.get(run_id, 0)
+            if token < newest:
+                self.fenced += 1
+                log.warning(
+                    "refused %s %s from a stale driver of %s (token %d < %d)",
+                    request.method,
+                    request.path,
+                    run_id,
+                    token,
+                    newest,
+                )
+                raise FleetError(
+                    f"fenced: run {run_id} token {token} is older than {newest}", status=409
+                )
+            self.fences[run_id] = token
+        return await handler(request)
+
     @property
     def _fleet(self) -> Fleet:
         assert self.fleet is not None
@@ -144,6 +183,7 @@ class Sandbox:
                 "slots": await self._fleet.truth(),
                 "traffic": counts,
                 "front_doors": {g: d.stats() for g, d in self.front_doors.items()},
+                "fenced_requests": self.fenced,
                 "faults": {v: f.__dict__ for v, f in self.spec.faults.items()},
             }
         )

@@ -22,11 +22,17 @@ import httpx
 import yaml
 
 from ..redis_server import RedisServer, stop_from_pidfile
+from ..redis_server import _pid_alive as pid_alive
 from .daemon import CP_KEY_FILE, SPEC_FILE, STATE_FILE
 from .spec import SandboxSpec
 
 REDIS_DIR = "redis"
 CHANGELOG_FILE = "CHANGELOG.md"
+DAEMON_LOG = "daemon.log"
+# $1: the log file; the rest: the command. Prints the daemon's pid. The daemon is the child of a
+# shell that exits at once, never of the caller: a caller that stays alive (``demo``, a test)
+# would otherwise keep it as a zombie after it exits, and ``down`` would wait for that forever.
+_DETACH_SCRIPT = 'log=$1; shift; "$@" </dev/null >>"$log" 2>&1 & echo $!'
 
 
 class SandboxError(Exception):
@@ -47,13 +53,8 @@ class SandboxHandle:
 
 
 def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """True while ``pid`` runs; a zombie (exited, not yet reaped) counts as gone."""
+    return pid_alive(pid)
 
 
 def read_state(directory: Path) -> dict[str, Any] | None:
@@ -90,28 +91,44 @@ def up(
         server.start_detached()
         redis_url = server.url
 
-    log = open(directory / "daemon.log", "ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "upgrade_bot.sandbox.daemon", "--dir", str(directory)],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
-        start_new_session=True,
-    )
-    log.close()
+    try:
+        launcher = subprocess.run(
+            [
+                "sh",
+                "-c",
+                _DETACH_SCRIPT,
+                "sh",
+                str(directory / DAEMON_LOG),
+                sys.executable,
+                "-m",
+                "upgrade_bot.sandbox.daemon",
+                "--dir",
+                str(directory),
+            ],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            start_new_session=True,
+            check=True,
+            timeout=30,
+        )
+        pid = int(launcher.stdout.decode().split()[-1])
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError) as exc:
+        _stop_redis(directory)
+        raise SandboxError(f"the sandbox daemon could not be started: {exc}") from None
     deadline = time.monotonic() + timeout_s
     state = None
     while time.monotonic() < deadline:
         state = read_state(directory)
         if state:
             break
-        if proc.poll() is not None or (directory / "error.txt").exists():
-            reason = _read(directory / "error.txt") or _tail(directory / "daemon.log")
+        if not _pid_alive(pid) or (directory / "error.txt").exists():
+            reason = _read(directory / "error.txt") or _tail(directory / DAEMON_LOG)
+            _kill(pid)
             _stop_redis(directory)
             raise SandboxError(f"the sandbox failed to start: {reason}")
         time.sleep(0.1)
     if not state:
-        proc.kill()
+        _kill(pid)
         _stop_redis(directory)
         raise SandboxError(f"the sandbox did not come up within {timeout_s:g}s")
 
@@ -181,6 +198,9 @@ def bot_config(
                 "settle_s": window_s,
             },
             "observation": {"window_s": 5, "checkin_interval_s": 5},
+            # The gateway's own mock route: it proves the instance serves, while the metric
+            # verdict judges the proxied traffic.
+            "smoke": {"path": "/smoke", "expect_status": [200], "count": 3},
         },
     }
 
@@ -237,6 +257,11 @@ def down(directory: Path, timeout_s: float = 60.0) -> bool:
                     os.kill(child, signal.SIGKILL)
     stopped_redis = _stop_redis(directory)
     return bool(state) or stopped_redis
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
 
 
 def _stop_redis(directory: Path) -> bool:

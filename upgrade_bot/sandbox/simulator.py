@@ -40,6 +40,8 @@ log = logging.getLogger("upgrade_bot.sandbox.simulator")
 ENV_PREFIX = "GATEWAY_"
 METRICS_PATH = "/apisix/prometheus/metrics"
 HEARTBEAT_PATH = "/api/dataplane/heartbeat"
+MOCK_ROUTE = "/smoke"
+"""Answered by the gateway itself, like a route with APISIX's mocking plugin (smoke target)."""
 # DEFAULT_BUCKETS of apisix/plugins/prometheus/exporter.lua (milliseconds, 1 ms to 60 s).
 LATENCY_BUCKETS_MS: tuple[float, ...] = (
     1,
@@ -607,6 +609,13 @@ class Gateway:
                     text='{"error_msg":"404 Route Not Found"}\n',
                     content_type="text/plain",
                     charset="utf-8",
+                )
+                upstream_ms = None
+            elif request.path == MOCK_ROUTE:
+                # A route the gateway answers itself (APISIX's mocking plugin): no upstream, so
+                # the upstream fault knobs (errors, latency) never touch it.
+                response = web.json_response(
+                    {"slot": self.config.slot, "version": self.config.version, "mock": True}
                 )
                 upstream_ms = None
             else:

@@ -1,0 +1,415 @@
+"""Builders for ``decide`` tests: a config, a scripted fleet, and a driver that plays the runner.
+
+The driver does what ``engine/runner.py`` does, without IO: decide on a Tick, save, perform the
+one effect (here: a scripted function of the effect), decide on its Outcome or Failure, save.
+Every saved record goes through JSON and ``load_run`` as it would through Redis. Time is a
+number the test moves; waiting for ``wake_at`` just sets it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from upgrade_bot.engine.config import Config, parse_config
+from upgrade_bot.engine.decide import (
+    Command,
+    Decision,
+    Event,
+    Failure,
+    Outcome,
+    Tick,
+    decide,
+    initial_run,
+)
+from upgrade_bot.engine.metrics import InstanceSample, Snapshot
+from upgrade_bot.engine.model import PAUSED, WAITING, GroupRun, Pending, Run
+from upgrade_bot.engine.schema import load_run, plan_hash
+
+REPO = "api7/api7-ee-3-gateway"
+OLD, NEW = "3.8.0", "3.8.1"
+T0 = 1_000_000.0
+REQUESTER = "UREQ"
+ESCALATION = "<!subteam^SONCALL>"
+WAIVER = "the test fleet has no backup hook"
+
+
+def image(version: str) -> str:
+    return f"{REPO}:{version}"
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+APPROVAL = {
+    "required": 1,
+    "expiry_s": 3600,
+    "reminder_interval_s": 900,
+    "escalate_after_reminders": 2,
+    "escalation_mention": ESCALATION,
+}
+
+
+def config_data() -> dict[str, Any]:
+    """Two groups: ``staging`` (3 slots) then ``prod-eu`` (6 slots, two approvers)."""
+    backend = {"type": "local", "sandbox_url": "http://127.0.0.1:1"}
+    return {
+        "groups": [
+            {"name": "staging", "image": {"repository": REPO}, "backend": backend},
+            {
+                "name": "prod-eu",
+                "production": True,
+                "image": {"repository": REPO},
+                "backend": backend,
+                "approval": {**APPROVAL, "required": 2},
+            },
+        ],
+        "defaults": {
+            "policy": {"approve": [REQUESTER, "UALICE", "UBOB", "SONCALL"]},
+            "approval": APPROVAL,
+            "rollout": {
+                "batch_size": 2,
+                "ready_timeout_s": 120,
+                "baseline_window_s": 30,
+                "settle_s": 60,
+            },
+            "observation": {"window_s": 300, "checkin_interval_s": 120},
+        },
+    }
+
+
+def make_config(changes: dict[str, Any] | None = None) -> Config:
+    """The YAML a user would write: ``config_data()`` with ``changes`` merged in."""
+    return parse_config(yaml.safe_dump(_merge(config_data(), changes or {})))
+
+
+BACKUP_HOOK = {"backup": {"type": "command", "command": ["backup.sh"], "artifact": "/b/{run_id}"}}
+
+
+# --- a scripted fleet -------------------------------------------------------------------------
+
+BOUNDS = (5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, math.inf)
+
+
+@dataclass
+class Traffic:
+    """What each instance of one version serves, per second."""
+
+    rps: float = 10.0
+    ratio_5xx: float = 0.0
+    latency_ms: float = 20.0
+
+
+@dataclass
+class Instance:
+    id: str
+    image: str
+    started_at: float
+    ready: bool = True
+
+    @property
+    def version(self) -> str:
+        return self.image.rsplit(":", 1)[1]
+
+    def as_slot(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "image": self.image,
+            "digest": f"sha256:{self.version}",
+            "version": self.version,
+            "ready": self.ready,
+            "endpoints": {"proxy": f"http://{self.id}:9080", "metrics": f"http://{self.id}:9091"},
+        }
+
+
+class Fleet:
+    """The gateway instances as the backends would report them, and what the adapters answer."""
+
+    def __init__(self, sizes: dict[str, int] | None = None, version: str = OLD) -> None:
+        sizes = sizes or {"staging": 3, "prod-eu": 6}
+        self.groups = {
+            g: [Instance(f"{g}-{i}", image(version), started_at=T0 - 3600) for i in range(n)]
+            for g, n in sizes.items()
+        }
+        self.traffic: dict[str, Traffic] = {}
+        self.cp_version: str | None = NEW
+        self.changelog: list[dict[str, str]] | None = [
+            {"version": NEW, "text": "- fix: upstream keepalive pool leak"}
+        ]
+        self.revision = 7
+        self.warnings: list[str] = []
+        self.smoke_failures: list[str] = []
+        # slot id → errors returned by its next ensure_slots calls, one per call
+        self.faults: dict[str, list[dict[str, Any]]] = {}
+
+    def instance(self, slot_id: str) -> Instance:
+        for instances in self.groups.values():
+            for i in instances:
+                if i.id == slot_id:
+                    return i
+        raise KeyError(slot_id)
+
+    def versions(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for instances in self.groups.values():
+            for i in instances:
+                out[i.version] = out.get(i.version, 0) + 1
+        return out
+
+    # effect kind → result
+    def list_slots(self, effect: Pending, now: float) -> dict[str, Any]:
+        return {
+            "groups": {g: [i.as_slot() for i in self.groups[g]] for g in effect.args["groups"]},
+            "warnings": list(self.warnings),
+        }
+
+    def check_control_plane(self, effect: Pending, now: float) -> dict[str, Any]:
+        return {"skipped": True} if self.cp_version is None else {"version": self.cp_version}
+
+    def load_changelog(self, effect: Pending, now: float) -> dict[str, Any]:
+        if self.changelog is None:
+            return {"skipped": "no changelog configured"}
+        return {"entries": list(self.changelog), "source": "CHANGELOG.md"}
+
+    def read_config_revision(self, effect: Pending, now: float) -> dict[str, Any]:
+        return {"revision": self.revision}
+
+    def run_backup(self, effect: Pending, now: float) -> dict[str, Any]:
+        return {"artifact": "/b/run-1", "bytes": 4096}
+
+    def snapshot(self, group: str, now: float) -> Snapshot:
+        samples = []
+        for i in self.groups[group]:
+            t = self.traffic.get(i.version, Traffic())
+            n = int(t.rps * max(0.0, now - i.started_at))
+            errors = round(n * t.ratio_5xx)
+            samples.append(
+                InstanceSample(
+                    instance_id=f"{i.id}@{i.version}",
+                    requests=n,
+                    s2xx=n - errors,
+                    s5xx=errors,
+                    buckets=tuple((b, n if t.latency_ms <= b else 0) for b in BOUNDS),
+                    latency_sum=n * t.latency_ms,
+                    latency_count=n,
+                    version=i.version,
+                )
+            )
+        return Snapshot(taken_at=now, instances=tuple(samples))
+
+    def scrape(self, effect: Pending, now: float) -> dict[str, Any]:
+        return {"snapshot": dataclasses.asdict(self.snapshot(effect.args["group"], now))}
+
+    def ensure_slots(self, effect: Pending, now: float) -> dict[str, Any]:
+        out: dict[str, Any] = {"slots": {}, "errors": {}}
+        for slot_id in effect.args["slots"]:
+            if self.faults.get(slot_id):
+                out["errors"][slot_id] = self.faults[slot_id].pop(0)
+                continue
+            i = self.instance(slot_id)
+            if i.image != effect.args["image"]:
+                i.image, i.started_at = effect.args["image"], now
+            out["slots"][slot_id] = i.as_slot()
+        return out
+
+    def smoke(self, effect: Pending, now: float) -> dict[str, Any]:
+        n = 5 * len(effect.args["endpoints"])
+        return {
+            "passed": not self.smoke_failures,
+            "requests": n,
+            "failures": list(self.smoke_failures),
+        }
+
+    def checkin(self, effect: Pending, now: float) -> dict[str, Any]:
+        groups = {
+            g: {"ready": len(xs), "slots": len(xs), "versions": sorted({x.version for x in xs})}
+            for g, xs in self.groups.items()
+        }
+        return {"groups": groups, "revision": self.revision}
+
+
+# --- the run and its driver ---------------------------------------------------------------
+
+
+def start_run(
+    config: Config,
+    *,
+    target: str = NEW,
+    requester: str = REQUESTER,
+    now: float = T0,
+    groups: list[str] | None = None,
+    approval_mode: str = "human",
+    overrides: tuple[str, ...] = (),
+    waiver: str | None = WAIVER,
+    changelog_ack: str | None = REQUESTER,
+    run_id: str = "run-1",
+) -> tuple[Run, list[dict[str, Any]]]:
+    names = groups or [g.name for g in config.groups]
+    group_runs = tuple(
+        GroupRun(
+            name=n,
+            target_image=config.group(n).image.for_version(target),
+            production=config.group(n).production,
+            batch_size=config.rollout_for(n).batch_size,
+        )
+        for n in names
+    )
+    return initial_run(
+        run_id=run_id,
+        target_version=target,
+        requester=requester,
+        groups=group_runs,
+        plan_hash=plan_hash(target, group_runs),
+        now=now,
+        approval_mode=approval_mode,
+        overrides=overrides,
+        waiver=waiver,
+        changelog_ack=changelog_ack,
+    )
+
+
+Script = Callable[[Pending, float], "dict[str, Any] | Outcome | Failure"]
+
+
+@dataclass
+class Sim:
+    """One run, driven the way the runner drives it, against a scripted fleet."""
+
+    config: Config = field(default_factory=make_config)
+    fleet: Fleet = field(default_factory=Fleet)
+    now: float = T0
+    start: dict[str, Any] = field(default_factory=dict)
+    run: Run = field(init=False)
+    events: list[dict[str, Any]] = field(init=False)
+    performed: list[Pending] = field(default_factory=list)
+    decisions: list[tuple[Run, Event, float, Decision]] = field(default_factory=list)
+    script: dict[str, Script] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.run, self.events = start_run(self.config, now=self.now, **self.start)
+
+    # one decision, saved as the store would save it
+    def apply(self, event: Event) -> Decision:
+        d = decide(self.run, event, self.now, self.config)
+        self.decisions.append((self.run, event, self.now, d))
+        self.run = load_run(json.loads(json.dumps(d.run.to_dict())))
+        self.events.extend(d.events)
+        return d
+
+    def tick(self) -> Decision:
+        return self.apply(Tick())
+
+    def cmd(self, action: str, user: str, **kw: Any) -> Decision:
+        return self.apply(Command(action=action, user=user, **kw))
+
+    def result_of(self, effect: Pending) -> Outcome | Failure:
+        fn = self.script.get(effect.kind) or getattr(self.fleet, effect.kind)
+        result = fn(effect, self.now)
+        if isinstance(result, Outcome | Failure):
+            return result
+        return Outcome(key=effect.key, result=result)
+
+    def perform(self, effect: Pending) -> Decision:
+        self.performed.append(effect)
+        return self.apply(self.result_of(effect))
+
+    def step(self) -> Decision:
+        """One turn of the runner's loop: Tick, then perform the effect it asks for."""
+        d = self.tick()
+        if d.effects:
+            self.perform(d.effects[0])
+        return d
+
+    def drive(
+        self,
+        until: Callable[[Sim], bool] | None = None,
+        before: Callable[[Pending], bool] | None = None,
+        max_steps: int = 500,
+    ) -> Pending | None:
+        """Run like the runner until the run ends or needs a person, ``until`` holds, or (with
+        ``before``) a matching effect is saved as pending but not yet performed (returned)."""
+        for _ in range(max_steps):
+            if self.run.terminal or self.run.state in (WAITING, PAUSED):
+                return None
+            if until is not None and until(self):
+                return None
+            d = self.tick()
+            if d.effects:
+                if before is not None and before(d.effects[0]):
+                    return d.effects[0]
+                self.perform(d.effects[0])
+            elif d.wake_at is not None:
+                assert d.wake_at > self.now, "woken for a time that has already come"
+                self.now = d.wake_at
+            elif not (self.run.terminal or self.run.state in (WAITING, PAUSED)):
+                raise AssertionError(f"stuck: {self.run.state} {self.run.step} {self.run.phase}")
+        raise AssertionError("the run did not settle")
+
+    def drive_to_gate(self, group: str) -> None:
+        self.drive()
+        assert self.run.state == WAITING and self.run.gate is not None, self.run.reason
+        assert self.run.gate.group == group
+
+    def approve(self, *users: str) -> Decision:
+        assert self.run.gate is not None
+        d = None
+        for u in users:
+            d = self.cmd("approve", u, gate_id=self.run.gate.id)
+            assert d.refusal is None, d.refusal
+        assert d is not None
+        return d
+
+    # reading what happened
+    def of(self, type_: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == type_]
+
+    def types(self) -> list[str]:
+        return [e["type"] for e in self.events]
+
+    def kinds(self) -> list[str]:
+        return [p.kind for p in self.performed]
+
+    def slot(self, slot_id: str) -> Any:
+        for _, s in self.run.slots():
+            if s.id == slot_id:
+                return s
+        raise KeyError(slot_id)
+
+
+__all__ = [
+    "BACKUP_HOOK",
+    "ESCALATION",
+    "NEW",
+    "OLD",
+    "REQUESTER",
+    "T0",
+    "WAIVER",
+    "Command",
+    "Failure",
+    "Fleet",
+    "Outcome",
+    "Sim",
+    "Tick",
+    "Traffic",
+    "config_data",
+    "image",
+    "make_config",
+    "start_run",
+]
