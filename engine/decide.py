@@ -100,6 +100,10 @@ class _Acc:
     events: list[dict[str, Any]] = field(default_factory=list)
     effects: list[Pending] = field(default_factory=list)
     wake_at: float | None = None
+    original: Run | None = None
+
+    def __post_init__(self) -> None:
+        self.original = self.run
 
     def emit(self, type_: str, **data: Any) -> None:
         self.events.append({"type": type_, "run_id": self.run.id, "at": self.now, **data})
@@ -120,7 +124,11 @@ class _Acc:
             self.wake_at = at if self.wake_at is None else min(self.wake_at, at)
 
     def decision(self, refusal: str | None = None) -> Decision:
-        run = self.run.with_(updated_at=self.now)
+        # Only a real change bumps updated_at: a resumed driver re-emitting its pending
+        # effect must not write (and so must not look like progress).
+        run = self.run
+        if run != self.original:
+            run = run.with_(updated_at=self.now)
         return Decision(run, tuple(self.effects), tuple(self.events), refusal, self.wake_at)
 
 
@@ -358,7 +366,7 @@ def _on_cp_check(acc: _Acc, p: Pending, result: dict[str, Any], config: Config) 
         )
     else:
         cp_version = result["version"]
-        acc.set(cp={"version": cp_version})
+        acc.set(cp={**(run.cp or {}), "version": cp_version})
         if Version(cp_version) < Version(run.target_version):
             if "cp-version" not in run.overrides:
                 _fail(
@@ -433,11 +441,14 @@ def _on_scrape(acc: _Acc, p: Pending, result: dict[str, Any], config: Config) ->
         acc.set(phase="settle_end")
     elif run.phase == "settle_end":
         after = _summary(g.settle_snapshot, snapshot)
-        verdict = m.judge(
-            m.Summary.from_dict(g.before or {}),
-            m.Summary.from_dict(after),
-            config.thresholds_for(g.name),
-        )
+        if g.before is None:  # the baseline could not be measured
+            verdict = m.Verdict(m.Phase.INCONCLUSIVE, ("no baseline metrics to compare with",))
+        else:
+            verdict = m.judge(
+                m.Summary.from_dict(g.before),
+                m.Summary.from_dict(after),
+                config.thresholds_for(g.name),
+            )
         acc.group(g.with_(after=after, verdict=verdict.to_dict(), window_until=None))
         acc.emit(
             "metrics_summary", group=g.name, before=g.before, after=after, verdict=verdict.to_dict()
@@ -631,7 +642,7 @@ def _metrics_unavailable(acc: _Acc, p: Pending, error: str, config: Config) -> N
     acc.emit(
         "metrics_summary", group=g.name, before=g.before, after=None, verdict=verdict.to_dict()
     )
-    acc.set(phase="gate" if acc.run.phase in ("settle_start", "settle_end") else "replace")
+    acc.set(phase="freeze_check" if acc.run.phase in ("settle_start", "settle_end") else "replace")
 
 
 def _backoff(acc: _Acc, retry: Pending, delay_s: float, error: str) -> None:
@@ -792,7 +803,8 @@ def _rollback_step(acc: _Acc) -> None:
                 return
         if g.status == "rolling_back":
             acc.group(g.with_(status="rolled_back", finished_at=acc.now))
-    _finish(acc, ROLLED_BACK, acc.run.reason or "rolled back")
+    reason = acc.run.rollback.reason if acc.run.rollback else acc.run.reason
+    _finish(acc, ROLLED_BACK, reason or "rolled back")
     acc.emit("freeze_lifted", revision=acc.run.config_revision)
 
 
@@ -856,14 +868,6 @@ def _command(acc: _Acc, cmd: Command, config: Config) -> Decision:
     run = acc.run
     if run.terminal:
         return _refuse(acc, cmd, f"run {run.id} has already ended ({run.state})")
-    group = _policy_group(run, cmd)
-    principals = getattr(
-        config.policy_for(group), "resume" if cmd.action == "acknowledge" else cmd.action, None
-    )
-    if principals is None:
-        return _refuse(acc, cmd, f"unknown action '{cmd.action}'")
-    if cmd.user != "auto" and not allowed(principals, cmd.user, cmd.user_groups):
-        return _refuse(acc, cmd, f"{cmd.user} may not {cmd.action} on {group} (policy)")
     handler = {
         "approve": _cmd_approve,
         "pause": _cmd_pause,
@@ -872,7 +876,14 @@ def _command(acc: _Acc, cmd: Command, config: Config) -> Decision:
         "abort": _cmd_abort,
         "rollback": _cmd_rollback,
         "acknowledge": _cmd_acknowledge,
-    }[cmd.action]
+    }.get(cmd.action)
+    if handler is None:
+        return _refuse(acc, cmd, f"unknown action '{cmd.action}'")
+    group = _policy_group(run, cmd)
+    permission = {"acknowledge": "resume", "hold": "pause"}.get(cmd.action, cmd.action)
+    principals = getattr(config.policy_for(group), permission)
+    if cmd.user != "auto" and not allowed(principals, cmd.user, cmd.user_groups):
+        return _refuse(acc, cmd, f"{cmd.user} may not {cmd.action} on {group} (policy)")
     return handler(acc, cmd, config)
 
 
@@ -912,7 +923,7 @@ def _cmd_pause(acc: _Acc, cmd: Command, config: Config) -> Decision:
     run = acc.run
     if run.state == PAUSED:
         return _refuse(acc, cmd, f"run {run.id} is already paused")
-    if run.state == ROLLING_BACK:
+    if ROLLING_BACK in (run.state, run.paused_from):
         return _refuse(acc, cmd, "a rollback cannot be paused; abort stops it where it is")
     reason = cmd.reason or f"paused by {cmd.user}"
     if cmd.action == "hold":

@@ -72,7 +72,7 @@ class DriveResult:
 def no_checkpoint(name: str, detail: str) -> None:
     """Production: boundaries are no-ops. Tests pass a function that crashes at one of them.
 
-    ``name`` is the boundary (before_save, after_save, before_act, after_act, after_outcome);
+    ``name`` is the boundary (before_save, after_save, before_act, after_act);
     ``detail`` tells one occurrence from another (the record revision, the effect key).
     """
 
@@ -194,22 +194,40 @@ class Runner:
     async def _renew(self, lease: _Lease) -> None:
         while True:
             await asyncio.sleep(self.lease_ttl_s / 3)
+            fence = lease.fence
             try:
-                if await self.store.renew_lease(lease.fence, self.lease_ttl_s):
+                if await self.store.renew_lease(fence, self.lease_ttl_s):
                     continue
-                # Lapsed (e.g. Redis was down longer than the TTL) and nobody took it: take it
-                # back. Held by anyone else, even our own identity: we are the stale one.
-                if await self.store.lease_holder(lease.run_id) is None:
-                    fence = await self.store.acquire_lease(
-                        lease.run_id, self.identity, self.lease_ttl_s
-                    )
-                    if fence is not None:
-                        lease.fence = fence
-                        continue
+                if await self._retake(lease, fence):
+                    continue
                 lease.lost.set()
                 return
             except TemporaryError:
                 continue  # Redis blip: the next try may succeed before the TTL runs out
+
+    async def _retake(self, lease: _Lease, refused: Any) -> bool:
+        """The store no longer takes ``refused`` (our lease token): is the run still ours?
+
+        A lease lapses when Redis is down for longer than its TTL. If nobody took it meanwhile,
+        this driver takes it back (a new token, in ``lease.fence``) and carries on; held by
+        anyone else, even our own identity, we are the stale one. Both the renewer and a refused
+        write may notice the lapse: one re-take at a time, so the token kept is the newest.
+        """
+        async with lease.retaking:
+            if lease.lost.is_set():
+                return False
+            if lease.fence != refused:
+                return True  # already taken back (by the renewer, or by another write)
+            if await self._store(lambda: self.store.lease_holder(lease.run_id)) is not None:
+                return False
+            fence = await self._store(
+                lambda: self.store.acquire_lease(lease.run_id, self.identity, self.lease_ttl_s)
+            )
+            if fence is None:
+                return False
+            log.warning("run %s: the lease had lapsed and nobody held it: taken back", lease.run_id)
+            lease.fence = fence
+            return True
 
     async def _drive(self, lease: _Lease, until_human: bool) -> DriveResult:
         run_id = lease.run_id
@@ -222,12 +240,15 @@ class Runner:
                 return DriveResult(run, "finished")
             now = self.clock.now()
             decision = decide(run, Tick(), now, self.config)
+            fence = lease.fence
             try:
                 if decision.run != run or decision.events:
-                    rev = await self._save(run_id, decision, rev, lease.fence)
+                    rev = await self._save(run_id, decision, rev, fence)
             except StaleRecord:
                 continue  # a command landed meanwhile: decide again on the fresh record
             except Fenced:
+                if await self._retake(lease, fence):
+                    continue  # the lease had lapsed and is ours again: decide afresh
                 lease.lost.set()
                 raise LeaseLost(f"another driver holds run {run_id}") from None
             run = decision.run
@@ -245,19 +266,27 @@ class Runner:
 
     async def _act(self, lease: _Lease, run: Run, effect: Pending) -> None:
         run_id = lease.run_id
-        if not await self._store(lambda: self.store.check_fence(lease.fence)):
+        fence = lease.fence
+        if not await self._store(lambda: self.store.check_fence(fence)) and not (
+            await self._retake(lease, fence)
+        ):
             lease.lost.set()
             raise LeaseLost(f"another driver holds run {run_id}; not acting")
         detail = f"{effect.key}#{effect.attempt}"
         self.checkpoint("before_act", detail)
         result = await self.performer.perform(run, effect, lease.fence)
         self.checkpoint("after_act", detail)
-        try:
-            await self.apply(run_id, result, fence=lease.fence)
-        except Fenced:
-            lease.lost.set()
-            raise LeaseLost(f"another driver holds run {run_id}") from None
-        self.checkpoint("after_outcome", detail)
+        while True:
+            fence = lease.fence
+            try:
+                await self.apply(run_id, result, fence=fence)
+                break
+            except Fenced:
+                # Refused: the lease lapsed during the effect (a long Redis outage), or another
+                # driver took the run. Only in the first case is the outcome still ours to save.
+                if not await self._retake(lease, fence):
+                    lease.lost.set()
+                    raise LeaseLost(f"another driver holds run {run_id}") from None
 
 
 @dataclass
@@ -265,6 +294,7 @@ class _Lease:
     run_id: str
     fence: Any
     lost: asyncio.Event = field(default_factory=asyncio.Event)
+    retaking: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 async def resolve_outcome(coro: Any, key: str) -> Outcome | Failure:
