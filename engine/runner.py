@@ -220,6 +220,10 @@ class Runner:
                 return True  # already taken back (by the renewer, or by another write)
             if await self._store(lambda: self.store.lease_holder(lease.run_id)) is not None:
                 return False
+            # A lease handed out after ours means another driver ran meanwhile (and perhaps
+            # finished and let go): then we are the stale one, even though nobody holds it now.
+            if await self._store(lambda: self.store.newest_token(lease.run_id)) != refused.token:
+                return False
             fence = await self._store(
                 lambda: self.store.acquire_lease(lease.run_id, self.identity, self.lease_ttl_s)
             )
@@ -236,6 +240,10 @@ class Runner:
                 raise LeaseLost(f"lost the lease on run {run_id}")
             run, rev = await self.load(run_id)
             if run.terminal:
+                if not await self._store(lambda: self.store.check_fence(lease.fence)):
+                    # Another driver finished it while this one was away (frozen, cut off).
+                    lease.lost.set()
+                    raise LeaseLost(f"lost the lease on run {run_id}; another driver ended it")
                 await self._store(lambda: self.store.finish(run_id))
                 return DriveResult(run, "finished")
             now = self.clock.now()

@@ -310,7 +310,9 @@ async def cmd_simple(args: argparse.Namespace) -> int:
             return EXIT_REFUSED
         run = decision.run
         print(f"{action}: {run.id} is now {run.state}")
-        if args.drive and run.state not in (PAUSED, WAITING) and not run.terminal:
+        if not args.drive:
+            return EXIT_COMPLETED if not run.terminal else exit_code(run)
+        if run.state not in (PAUSED, WAITING) and not run.terminal:
             run = await drive_with_transcript(engine, run.id, quiet=args.quiet)
         return _finish(run)
 

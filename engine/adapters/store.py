@@ -725,6 +725,12 @@ class RedisStore:
             value = await self._client.get(self._k("lease", fence.run_id))
         return value == fence.lease_value
 
+    async def newest_token(self, run_id: str) -> int:
+        """The highest fencing token ever handed out for the run (0 before the first lease)."""
+        with self._guard():
+            value = await self._client.get(self._k("fence", run_id))
+        return int(value or 0)
+
     async def lease_holder(self, run_id: str) -> dict[str, Any] | None:
         """``{"holder", "token", "ttl_s"}`` of the run's current lease, or None."""
         key = self._k("lease", run_id)

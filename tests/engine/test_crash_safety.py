@@ -200,20 +200,22 @@ async def test_ten_kill_9s_across_replacement_gates_and_rollback_lose_nothing(
                     proc.wait(timeout=rng.uniform(0.8, 3.0))
                 except subprocess.TimeoutExpired:
                     proc.send_signal(signal.SIGKILL)
-                    proc.wait()
+                    proc.communicate()
                     kills += 1
                     continue
             else:
                 proc.wait(timeout=300)
             code = proc.returncode
-            if code == 5:  # waiting at a gate: approve the first two, roll back at the third
+            if code == 5:
+                proc.communicate()  # waiting at a gate: approve the first two, roll back at the third
                 gates += 1
                 action = "approve" if gates < 3 else "rollback"
                 rolled_back = rolled_back or action == "rollback"
                 assert run_cli([action, run_id, "--config", config, "--as", "oncall",
                                 "--no-drive", "--quiet"]) == 0  # fmt: skip
                 continue
-            assert code == 4, proc.stderr.read() if proc.stderr else code  # rolled back
+            _, err = proc.communicate()
+            assert code == 4, err  # rolled back
             break
         else:
             pytest.fail("the run did not finish")
