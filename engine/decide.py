@@ -660,12 +660,12 @@ def _backoff(acc: _Acc, retry: Pending, delay_s: float, error: str) -> None:
 # --- gates ------------------------------------------------------------------------------------
 
 
-def _open_gate(acc: _Acc, config: Config) -> None:
+def _open_gate(acc: _Acc, config: Config, *, human: bool = False) -> None:
     run = acc.run
     g = run.current_group
     assert g is not None
     verdict = (g.verdict or {}).get("phase", "inconclusive")
-    if run.approval_mode == "auto":
+    if run.approval_mode == "auto" and not human:
         if verdict == "pass":
             acc.emit("approval_recorded", group=g.name, user="auto", gate=None, count=1, required=1)
             _gate_approved(acc, g, ("auto",), config)
@@ -882,7 +882,7 @@ def _command(acc: _Acc, cmd: Command, config: Config) -> Decision:
     group = _policy_group(run, cmd)
     permission = {"acknowledge": "resume", "hold": "pause"}.get(cmd.action, cmd.action)
     principals = getattr(config.policy_for(group), permission)
-    if cmd.user != "auto" and not allowed(principals, cmd.user, cmd.user_groups):
+    if not allowed(principals, cmd.user, cmd.user_groups):
         return _refuse(acc, cmd, f"{cmd.user} may not {cmd.action} on {group} (policy)")
     return handler(acc, cmd, config)
 
@@ -967,14 +967,22 @@ def _close_gate(acc: _Acc, decision: str, user: str) -> None:
         acc.emit("gate_decided", group=gate.group, gate=gate.id, decision=decision, by=[user])
 
 
+INTENT_RANK = {"pause": 1, "hold": 1, "rollback": 2, "abort": 3}
+
+
 def _intent(acc: _Acc, cmd: Command) -> Decision:
-    """Record a course change; it takes effect once the effect under way has settled."""
-    if any(e.get("intent") for e in [acc.run.cp or {}]):
-        pass
-    intents = dict((acc.run.cp or {}).get("intents", {}))
+    """Record a course change; it takes effect once the effect under way has settled.
+
+    Of several requests made meanwhile, the strongest wins (abort > rollback > pause): a pause
+    asked after an abort must not undo the abort.
+    """
+    cp = acc.run.cp or {}
+    current = cp.get("intent")
+    if current and INTENT_RANK[current["action"]] > INTENT_RANK[cmd.action]:
+        return _refuse(acc, cmd, f"{current['action']} was already requested by {current['user']}")
     acc.set(
         cp={
-            **(acc.run.cp or {}),
+            **cp,
             "intent": {
                 "action": cmd.action,
                 "user": cmd.user,
@@ -983,7 +991,6 @@ def _intent(acc: _Acc, cmd: Command) -> Decision:
             },
         }
     )
-    del intents
     acc.emit(
         "intent_recorded",
         action=cmd.action,
@@ -1041,6 +1048,10 @@ def _cmd_resume(acc: _Acc, cmd: Command, config: Config) -> Decision:
     if acc.run.step == "group" and acc.run.phase == "freeze_check":
         acc.set(phase="gate")
     acc.emit("resumed", by=cmd.user)
+    if acc.run.step == "group" and acc.run.phase == "gate" and acc.run.approval_mode == "auto":
+        # Auto mode paused on an inconclusive verdict: whoever resumes hands it to a person.
+        _open_gate(acc, config, human=True)
+        return acc.decision()
     _tick(acc, config)
     return acc.decision()
 
