@@ -245,6 +245,11 @@ class Engine:
         await self.status(run_id)
         return await self.runner.command(run_id, command)
 
+    async def first_delivery(self, key: str) -> bool:
+        """True the first time ``key`` (a Slack delivery's identity) is seen: retries and
+        duplicates of a delivery then have no second effect."""
+        return bool(await self.store.first_time(f"delivery:{key}"))
+
     async def attach_message(self, run_id: str, channel: str, thread_ts: str) -> None:
         """Remember where the run's Slack message lives (so a restarted bot edits it)."""
         for _ in range(20):

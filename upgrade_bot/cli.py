@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     HEADLESS.update(headless.add_commands(sub, _version))
 
+    serve = sub.add_parser("serve", help="run the Slack bot (Socket Mode, or --http)")
+    serve.add_argument("--config", required=True, type=Path)
+    serve.add_argument("--http", action="store_true", help="serve /slack/events over HTTP")
+    serve.add_argument("--port", type=int, default=3000)
+
     demo = sub.add_parser("demo", help="a full rehearsal on the sandbox")
     from .demo import add_arguments
 
@@ -167,7 +172,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(args))
 
 
-COMMANDS = {"validate": cmd_validate, "sandbox": cmd_sandbox, "demo": cmd_demo}
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from .serve import serve
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(serve(args.config, http=args.http, port=args.port))
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+COMMANDS = {"validate": cmd_validate, "sandbox": cmd_sandbox, "demo": cmd_demo, "serve": cmd_serve}
 HEADLESS: dict = {}
 
 

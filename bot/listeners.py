@@ -1,0 +1,276 @@
+"""Slack listeners: thin. Each acks at once, de-duplicates the delivery, then hands the request
+to the engine and answers the person privately (ephemeral) when something is refused."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from upgrade_bot.engine import (
+    Command,
+    Duplicate,
+    Engine,
+    EngineError,
+    GroupBusy,
+    Refused,
+    TemporaryError,
+)
+
+from . import messages, render
+from .commands import USAGE, ParseError, Request, parse
+from .notifier import Notifier
+from .settings import SlackSettings
+from .usergroups import UserGroups
+
+log = logging.getLogger(__name__)
+
+GATE_ACTIONS = {"gate_approve": "approve", "gate_pause": "pause", "gate_rollback": "rollback"}
+
+
+@dataclass
+class BotContext:
+    engine: Engine
+    settings: SlackSettings
+    usergroups: UserGroups
+    notifier: Notifier
+
+
+async def _ephemeral(
+    client: AsyncWebClient,
+    channel: str,
+    user: str,
+    text: str,
+    blocks: list[dict[str, Any]] | None = None,
+) -> None:
+    try:
+        await client.chat_postEphemeral(channel=channel, user=user, text=text, blocks=blocks)
+    except SlackApiError as exc:
+        log.warning("ephemeral answer to %s failed: %s", user, exc.response.get("error"))
+
+
+def register(app: AsyncApp, ctx: BotContext) -> None:
+    """Attach every listener of the bot to ``app``."""
+
+    @app.command(ctx.settings.command)
+    async def on_command(ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient) -> None:
+        """The slash command: parse errors answered in the ack itself; work after the ack."""
+        try:
+            request = parse(body.get("text", ""))
+        except ParseError as exc:
+            await ack(text=messages.usage_error(str(exc), exc.usage, ctx.settings.command))
+            return
+        if request.action == "help":
+            await ack(text=messages.help_text(ctx.settings.command))
+            return
+        await ack()
+        user, channel = body["user_id"], body["channel_id"]
+        dedupe = f"slack:cmd:{body.get('trigger_id') or body.get('command_ts', '')}"
+        try:
+            await _handle_command(ctx, client, request, user, channel, dedupe)
+        except Duplicate:
+            log.info("duplicate delivery of a command from %s ignored", user)
+        except (Refused, GroupBusy) as exc:
+            await _ephemeral(client, channel, user, messages.refused(str(exc)))
+        except TemporaryError as exc:
+            await _ephemeral(client, channel, user, messages.try_again(str(exc)))
+        except EngineError as exc:
+            await _ephemeral(client, channel, user, messages.refused(str(exc)))
+
+    @app.action({"action_id": "gate_approve"})
+    @app.action({"action_id": "gate_pause"})
+    @app.action({"action_id": "gate_rollback"})
+    async def on_gate_button(ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient) -> None:
+        """A gate button: approve, pause or roll back — only while that gate is pending."""
+        await ack()
+        action = body["actions"][0]
+        await _gate_action(
+            ctx,
+            client,
+            body,
+            GATE_ACTIONS[action["action_id"]],
+            json.loads(action.get("value") or "{}"),
+        )
+
+    @app.action({"action_id": "reaction_confirm"})
+    async def on_reaction_confirm(
+        ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient
+    ) -> None:
+        """The ephemeral Confirm after a reaction on a production gate."""
+        await ack()
+        value = json.loads(body["actions"][0].get("value") or "{}")
+        await _gate_action(ctx, client, body, value.get("action", "approve"), value)
+
+    @app.action({"action_id": "changelog_ack"})
+    async def on_changelog_ack(ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient) -> None:
+        """The requester acknowledges the changelog entries between versions."""
+        await ack()
+        value = json.loads(body["actions"][0].get("value") or "{}")
+        await _run_command(
+            ctx, client, body, value.get("run", ""), Command("acknowledge", body["user"]["id"])
+        )
+
+    @app.event("reaction_added")
+    async def on_reaction(
+        body: dict[str, Any], event: dict[str, Any], client: AsyncWebClient
+    ) -> None:
+        """A reaction on a gate message acts like its button; on production it asks first."""
+        names = ctx.settings.reactions
+        action = {names.approve: "approve", names.pause: "pause", names.rollback: "rollback"}.get(
+            event.get("reaction", "")
+        )
+        item = event.get("item") or {}
+        if action is None or item.get("type") != "message":
+            return
+        if not await ctx.engine.first_delivery(f"slack:event:{body.get('event_id')}"):
+            return
+        found = ctx.notifier.gate_at(item["channel"], item["ts"])
+        if found is None:
+            return
+        run_id, gate_id = found
+        user = event["user"]
+        run = await ctx.engine.status(run_id)
+        group = gate_id.split(":")[-2] if gate_id.count(":") >= 2 else ""
+        production = any(g.production for g in run.groups if g.name == group)
+        if production:
+            message = render.reaction_confirm(run_id, gate_id, action, group)
+            await _ephemeral(
+                client, item["channel"], user, message.text, [b.to_dict() for b in message.blocks]
+            )
+            return
+        decision = await ctx.engine.command(
+            run_id, Command(action, user, await ctx.usergroups.groups_of(user), gate_id=gate_id)
+        )
+        if decision.refusal:
+            await _ephemeral(client, item["channel"], user, messages.refused(decision.refusal))
+
+    @app.event("message")
+    async def ignore_messages() -> None:
+        """Thread replies and channel chatter are not requests."""
+
+
+async def _gate_action(
+    ctx: BotContext,
+    client: AsyncWebClient,
+    body: dict[str, Any],
+    action: str,
+    value: dict[str, Any],
+) -> None:
+    user = body["user"]["id"]
+    channel = (body.get("channel") or {}).get("id") or ctx.settings.channel
+    key = "slack:action:" + ":".join(
+        str(x)
+        for x in (
+            body.get("container", {}).get("message_ts"),
+            user,
+            body["actions"][0].get("action_id"),
+            body["actions"][0].get("action_ts"),
+        )
+    )
+    if not await ctx.engine.first_delivery(key):
+        return
+    await _run_command(
+        ctx,
+        client,
+        body,
+        value.get("run", ""),
+        Command(action, user, await ctx.usergroups.groups_of(user), gate_id=value.get("gate")),
+        channel=channel,
+    )
+
+
+async def _run_command(
+    ctx: BotContext,
+    client: AsyncWebClient,
+    body: dict[str, Any],
+    run_id: str,
+    command: Command,
+    channel: str | None = None,
+) -> None:
+    channel = channel or (body.get("channel") or {}).get("id") or ctx.settings.channel
+    try:
+        decision = await ctx.engine.command(run_id, command)
+    except (Refused, EngineError) as exc:
+        await _ephemeral(client, channel, command.user, messages.refused(str(exc)))
+        return
+    if decision.refusal:
+        await _ephemeral(client, channel, command.user, messages.refused(decision.refusal))
+
+
+async def _handle_command(
+    ctx: BotContext, client: AsyncWebClient, request: Request, user: str, channel: str, dedupe: str
+) -> None:
+    engine = ctx.engine
+    groups = await ctx.usergroups.groups_of(user)
+    if request.action == "plan":
+        plan = await engine.plan(request.version or "", list(request.groups) or None)
+        message = render.plan_message(plan)
+        await _ephemeral(client, channel, user, message.text, [b.to_dict() for b in message.blocks])
+    elif request.action == "start":
+        try:
+            run = await engine.start(
+                request.version or "",
+                list(request.groups) or None,
+                requester=user,
+                user_groups=groups,
+                approval_mode="auto" if request.auto else "human",
+                overrides=request.overrides,
+                waiver=request.waiver,
+                request_id=dedupe,
+                channel=ctx.settings.channel,
+            )
+        except GroupBusy as exc:
+            holder = await engine.status(exc.run_id)
+            await _ephemeral(
+                client,
+                channel,
+                user,
+                messages.group_busy(exc.group, exc.run_id, holder.channel or ctx.settings.channel),
+            )
+            return
+        await _ephemeral(client, channel, user, messages.started(run.id, ctx.settings.channel))
+    elif request.action == "status":
+        if request.run_id:
+            run = await engine.status(request.run_id)
+            message = render.status_message(run)
+            await _ephemeral(
+                client, channel, user, message.text, [b.to_dict() for b in message.blocks]
+            )
+        else:
+            runs = [await engine.status(r) for r in await engine.active()]
+            message = render.history_message(runs)
+            await _ephemeral(
+                client, channel, user, message.text, [b.to_dict() for b in message.blocks]
+            )
+    elif request.action == "history":
+        message = render.history_message(await engine.history(request.limit))
+        await _ephemeral(client, channel, user, message.text, [b.to_dict() for b in message.blocks])
+    elif request.action == "unlock":
+        former = await engine.break_lock(
+            request.groups[0], user=user, user_groups=groups, reason=request.reason or ""
+        )
+        await _ephemeral(client, channel, user, messages.unlocked(request.groups[0], former))
+    else:
+        action = "acknowledge" if request.action == "ack" else request.action
+        decision = await engine.command(
+            request.run_id or "",
+            Command(action, user, groups, reason=request.reason),
+            request_id=dedupe,
+        )
+        if decision.refusal:
+            await _ephemeral(client, channel, user, messages.refused(decision.refusal))
+        else:
+            await _ephemeral(
+                client,
+                channel,
+                user,
+                messages.done(request.action, decision.run.id, decision.run.state),
+            )
+
+
+__all__ = ["USAGE", "BotContext", "register"]

@@ -1,0 +1,327 @@
+"""Turns a run's durable events into Slack messages: one run message in the channel, edited in
+place, and everything else in its thread.
+
+Delivery is exactly-once in effect: the notifier reads each run's audit stream from its own
+cursor in Redis, and every message it posts carries Slack message ``metadata`` naming what it is
+for. A notifier that died between posting and moving its cursor finds the message in the thread
+on restart and does not post it again. Edits are throttled per message and made at milestones, so
+the number of Web API calls per group stays flat as groups grow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from upgrade_bot.engine import Engine, Run
+
+from . import render
+from .settings import SlackSettings
+
+log = logging.getLogger(__name__)
+
+CONSUMER = "slack"
+RUN_STATE_EVENTS = frozenset(
+    {
+        "group_started",
+        "gate_opened",
+        "gate_decided",
+        "gate_expired",
+        "paused",
+        "resumed",
+        "held",
+        "hold_ended",
+        "rollback_started",
+        "observation_started",
+        "run_completed",
+        "run_rolled_back",
+        "run_failed",
+        "run_aborted",
+        "changelog",
+        "changelog_acknowledged",
+        "config_changed",
+        "slot_restored",
+    }
+)
+GATE_EVENTS = frozenset({"approval_recorded", "gate_decided", "gate_expired"})
+TERMINAL_EVENTS = frozenset({"run_completed", "run_rolled_back", "run_failed", "run_aborted"})
+
+
+def quarter_milestone(done: int, total: int) -> bool:
+    """True when ``done`` crosses a quarter of ``total`` (1/4, 1/2, 3/4, all)."""
+    if total <= 0:
+        return False
+    return any(done == math.ceil(total * k / 4) for k in (1, 2, 3, 4))
+
+
+@dataclass
+class _Thread:
+    run_id: str
+    channel: str
+    ts: str
+    index: dict[str, str] = field(default_factory=dict)
+    """Metadata key ('run', 'group:prod-eu', 'gate:<id>', 'event:<id>') → message ts."""
+    rendered: dict[str, str] = field(default_factory=dict)
+    edited_at: dict[str, float] = field(default_factory=dict)
+    dirty: set[str] = field(default_factory=set)
+    gates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    done: bool = False
+
+
+class Notifier:
+    def __init__(
+        self,
+        engine: Engine,
+        client: AsyncWebClient,
+        settings: SlackSettings,
+        *,
+        approvers_of: Callable[[str], list[str]],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.client = client
+        self.settings = settings
+        self.approvers_of = approvers_of
+        self.clock = clock
+        self.threads: dict[str, _Thread] = {}
+        self.watch: set[str] = set()
+        self.failures: dict[str, int] = {}
+
+    # --- the loop -------------------------------------------------------------------------
+
+    async def run_forever(self, stop: asyncio.Event, interval_s: float = 0.3) -> None:
+        for run in await self.engine.history(50):
+            self.watch.add(run.id)  # catch up on runs whose last events were never delivered
+        while not stop.is_set():
+            try:
+                await self.deliver_all()
+            except Exception:  # one bad pass must not stop notifications for good
+                log.exception("notifier pass failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval_s)
+
+    async def deliver_all(self) -> None:
+        self.watch.update(await self.engine.active())
+        for run_id in sorted(self.watch):
+            finished = await self.deliver(run_id)
+            if finished:
+                self.watch.discard(run_id)
+
+    async def deliver(self, run_id: str) -> bool:
+        """Deliver what is new for one run; True once everything up to its end is delivered."""
+        cursor = await self.engine.cursor(CONSUMER, run_id)
+        events = await self.engine.events(run_id, after=cursor)
+        run = await self.engine.status(run_id)
+        thread = self.threads.get(run_id)
+        if thread is not None:
+            await self._flush(run, thread)
+        if not events:
+            return run.terminal and (thread is None or not thread.dirty)
+        for event_id, event in events:
+            try:
+                thread = await self._handle(run, event_id, event)
+            except SlackApiError as exc:
+                error = exc.response.get("error")
+                self.failures[event_id] = self.failures.get(event_id, 0) + 1
+                if self.failures[event_id] < 5:
+                    log.warning(
+                        "Slack refused %s for run %s: %s; will retry",
+                        event.get("type"),
+                        run_id,
+                        error,
+                    )
+                    return False
+                log.error("giving up on %s for run %s: %s", event.get("type"), run_id, error)
+            await self.engine.advance_cursor(CONSUMER, run_id, event_id)
+        if thread is not None:
+            await self._flush(run, thread)
+        return False
+
+    # --- one event ------------------------------------------------------------------------
+
+    async def _handle(self, run: Run, event_id: str, event: dict[str, Any]) -> _Thread:
+        thread = await self._thread(run)
+        kind = event.get("type", "")
+        group = event.get("group")
+        if kind == "group_started" and group:
+            await self._post_once(thread, f"group:{group}", render.group_progress(run, group))
+        elif kind in ("slot_replaced", "slot_restored") and group:
+            if kind == "slot_restored" or quarter_milestone(
+                event.get("done", 0), event.get("total", 0)
+            ):
+                thread.dirty.add(f"group:{group}")
+        elif kind == "gate_opened":
+            thread.gates[event["gate"]] = event
+            await self._post_once(
+                thread, f"gate:{event['gate']}", self._gate_message(run, event), notify=True
+            )
+        if kind in GATE_EVENTS and event.get("gate"):
+            thread.dirty.add(f"gate:{event['gate']}")
+        message = render.event_message(event)
+        if message is not None:
+            await self._post_once(thread, f"event:{event_id}", message)
+        if kind in RUN_STATE_EVENTS or kind in TERMINAL_EVENTS:
+            thread.dirty.add("run")
+            if group:
+                thread.dirty.add(f"group:{group}")
+        return thread
+
+    def _gate_message(self, run: Run, opened: dict[str, Any]) -> render.Message:
+        return render.gate_message(
+            run,
+            opened,
+            approvers=self.approvers_of(opened["group"]),
+            reactions=self.settings.reactions,
+        )
+
+    # --- messages -------------------------------------------------------------------------
+
+    async def _thread(self, run: Run) -> _Thread:
+        """The run's message and thread: found (after a restart) or posted, exactly once."""
+        thread = self.threads.get(run.id)
+        if thread is not None:
+            return thread
+        channel = run.channel or self.settings.channel
+        ts = run.thread_ts or await self._find_run_message(channel, run.id)
+        if ts is None:
+            message = render.run_message(run)
+            resp = await self.client.chat_postMessage(
+                channel=channel,
+                text=message.text,
+                blocks=_blocks(message),
+                metadata=message.metadata,
+            )
+            ts = resp["ts"]
+            channel = resp.get("channel", channel)
+        if run.thread_ts != ts:
+            await self.engine.attach_message(run.id, channel, ts)
+        thread = _Thread(run.id, channel, ts)
+        await self._index_thread(thread)
+        self.threads[run.id] = thread
+        return thread
+
+    async def _find_run_message(self, channel: str, run_id: str) -> str | None:
+        resp = await self.client.conversations_history(
+            channel=channel, limit=200, include_all_metadata=True
+        )
+        for msg in resp.get("messages", []):
+            meta = msg.get("metadata") or {}
+            if (
+                meta.get("event_type") == "upgrade_run"
+                and (meta.get("event_payload") or {}).get("run_id") == run_id
+            ):
+                return str(msg["ts"])
+        return None
+
+    async def _index_thread(self, thread: _Thread) -> None:
+        resp = await self.client.conversations_replies(
+            channel=thread.channel, ts=thread.ts, include_all_metadata=True, limit=1000
+        )
+        for msg in resp.get("messages", []):
+            key = _metadata_key(msg.get("metadata"))
+            if key and msg["ts"] != thread.ts:
+                thread.index[key] = str(msg["ts"])
+
+    async def _post_once(
+        self, thread: _Thread, key: str, message: render.Message, *, notify: bool = False
+    ) -> str:
+        if key in thread.index:
+            return thread.index[key]
+        resp = await self.client.chat_postMessage(
+            channel=thread.channel,
+            thread_ts=thread.ts,
+            text=message.text,
+            blocks=_blocks(message),
+            metadata=_with_key(message, key),
+            reply_broadcast=False,
+        )
+        thread.index[key] = str(resp["ts"])
+        thread.rendered[key] = _fingerprint(message)
+        thread.edited_at[key] = self.clock()
+        return thread.index[key]
+
+    async def _flush(self, run: Run, thread: _Thread) -> None:
+        """Edit what changed, never one message more than once per min_edit_interval_s."""
+        now = self.clock()
+        for key in sorted(thread.dirty):
+            last = thread.edited_at.get(key)
+            if last is not None and now - last < self.settings.min_edit_interval_s:
+                continue
+            message = self._render(run, thread, key)
+            thread.dirty.discard(key)
+            if message is None:
+                continue
+            ts = thread.ts if key == "run" else thread.index.get(key)
+            if ts is None or thread.rendered.get(key) == _fingerprint(message):
+                continue
+            await self.client.chat_update(
+                channel=thread.channel,
+                ts=ts,
+                text=message.text,
+                blocks=_blocks(message),
+                metadata=_with_key(message, key) if key != "run" else message.metadata,
+            )
+            thread.rendered[key] = _fingerprint(message)
+            thread.edited_at[key] = now
+
+    def _render(self, run: Run, thread: _Thread, key: str) -> render.Message | None:
+        if key == "run":
+            return render.run_message(run)
+        kind, _, name = key.partition(":")
+        if kind == "group":
+            return render.group_progress(run, name)
+        if kind == "gate":
+            opened = thread.gates.get(name)
+            if opened is None:
+                return None
+            if run.gate is not None and run.gate.id == name and run.gate.decision is None:
+                return self._gate_message(run, opened)  # still open: show approvals so far
+            return render.gate_decided(run, opened)
+        return None
+
+    def gate_at(self, channel: str, ts: str) -> tuple[str, str] | None:
+        """(run_id, gate_id) of the gate message at ``ts``, for reactions."""
+        for thread in self.threads.values():
+            if thread.channel != channel:
+                continue
+            for key, message_ts in thread.index.items():
+                if message_ts == ts and key.startswith("gate:"):
+                    return thread.run_id, key.removeprefix("gate:")
+        return None
+
+
+def _blocks(message: render.Message) -> list[dict[str, Any]]:
+    return [b.to_dict() for b in message.blocks]
+
+
+def _metadata_key(meta: dict[str, Any] | None) -> str | None:
+    if not meta:
+        return None
+    payload = meta.get("event_payload") or {}
+    return payload.get("key") if isinstance(payload.get("key"), str) else None
+
+
+def _with_key(message: render.Message, key: str) -> dict[str, Any]:
+    base = (
+        message.metadata.to_dict()
+        if message.metadata is not None
+        else {"event_type": "upgrade_event", "event_payload": {}}
+    )
+    return {
+        "event_type": base["event_type"],
+        "event_payload": {**base.get("event_payload", {}), "key": key},
+    }
+
+
+def _fingerprint(message: render.Message) -> str:
+    return json.dumps([message.text, _blocks(message)], sort_keys=True)

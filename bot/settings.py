@@ -1,0 +1,49 @@
+"""The Slack section of the configuration file (``slack:``), read by the Slack layer only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class Reactions(BaseModel):
+    """Slack reaction *names* (no colons) that act on an approval gate."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    approve: str = "white_check_mark"
+    pause: str = "double_vertical_bar"
+    rollback: str = "rewind"
+
+
+class SlackSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    channel: str = Field(..., pattern=r"^[CG][A-Z0-9]+$")
+    """Channel ID where run messages are posted (runs started elsewhere post there too)."""
+    command: str = Field("/upgrade", pattern=r"^/[a-z0-9_-]+$")
+    reactions: Reactions = Field(default_factory=Reactions)
+    min_edit_interval_s: float = Field(1.0, ge=0)
+    """Never edit one message more often than this (Slack's chat.update is tier 3)."""
+    usergroup_cache_s: float = Field(300, ge=0)
+    charts: bool = True
+
+
+def slack_settings(raw: dict[str, Any] | None, path: str = "<config>") -> SlackSettings:
+    """Validate the ``slack:`` section; problems name the key, as the rest of the file does."""
+    from upgrade_bot.engine import ConfigError
+
+    if raw is None:
+        raise ConfigError(path, ["slack: required key is missing (at least 'channel')"])
+    try:
+        return SlackSettings.model_validate(raw)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            key = "slack." + ".".join(str(x) for x in e["loc"])
+            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+            if e["type"] == "missing":
+                msg = "required key is missing"
+            problems.append(f"{key}: {msg}")
+        raise ConfigError(path, problems) from None

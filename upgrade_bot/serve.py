@@ -1,0 +1,191 @@
+"""``upgrade-bot serve``: the Slack bot. Wires settings, store, backends, engine and bot together.
+
+Socket Mode when ``SLACK_APP_TOKEN`` is set (no public URL needed); ``--http`` serves the Events
+API, interactivity and slash commands on ``/slack/events``. On start it resumes every unfinished
+run and its notifier carries on from its cursor, so a restarted bot re-attaches to its messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from slack_sdk.socket_mode.aiohttp import SocketModeClient
+from slack_sdk.web.async_client import AsyncWebClient
+
+from .bot.app import build_app, web_client
+from .bot.listeners import BotContext
+from .bot.notifier import Notifier
+from .bot.settings import SlackSettings, slack_settings
+from .bot.usergroups import UserGroups
+from .engine import Engine, LeaseBusy, LeaseLost
+from .engine.config import Config, load_config
+from .engine.errors import ConfigError
+from .wiring import engine_for, redis_url_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SlackSecrets:
+    bot_token: str
+    app_token: str | None
+    signing_secret: str | None
+    api_url: str | None
+
+    @classmethod
+    def from_env(cls, *, http: bool, environ: dict[str, str] | None = None) -> SlackSecrets:
+        env = dict(os.environ if environ is None else environ)
+        problems = []
+        if not env.get("SLACK_BOT_TOKEN"):
+            problems.append("SLACK_BOT_TOKEN is not set (the bot token, xoxb-…)")
+        if http and not env.get("SLACK_SIGNING_SECRET"):
+            problems.append("SLACK_SIGNING_SECRET is not set (HTTP mode verifies every request)")
+        if not http and not env.get("SLACK_APP_TOKEN"):
+            problems.append(
+                "SLACK_APP_TOKEN is not set (Socket Mode needs an app token, xapp-…; or use --http)"
+            )
+        if problems:
+            raise ConfigError("environment", problems)
+        return cls(
+            bot_token=env["SLACK_BOT_TOKEN"],
+            app_token=env.get("SLACK_APP_TOKEN"),
+            signing_secret=env.get("SLACK_SIGNING_SECRET"),
+            api_url=env.get("SLACK_API_URL"),
+        )
+
+
+def mention(principal: str) -> str:
+    if principal == "*":
+        return "anyone in this channel"
+    if principal.startswith("S"):
+        return f"<!subteam^{principal}>"
+    if principal[:1] in ("U", "W"):
+        return f"<@{principal}>"
+    return principal
+
+
+def approvers_of(config: Config) -> Callable[[str], list[str]]:
+    def lookup(group: str) -> list[str]:
+        return [mention(p) for p in config.policy_for(group).approve]
+
+    return lookup
+
+
+class DriverSupervisor:
+    """Keeps one driver task per unfinished run; the scheduler only wakes it (state is in Redis)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+
+    async def supervise(self) -> None:
+        for run_id in await self.engine.active():
+            task = self.tasks.get(run_id)
+            if task is None or task.done():
+                self.tasks[run_id] = asyncio.create_task(self._drive(run_id), name=run_id)
+
+    async def _drive(self, run_id: str) -> None:
+        try:
+            await self.engine.drive(run_id, until_human=False)
+        except LeaseBusy:
+            log.debug("run %s is driven elsewhere", run_id)
+        except LeaseLost as exc:
+            log.warning("%s", exc)
+        except Exception:
+            log.exception("driver of run %s stopped", run_id)
+
+    async def stop(self) -> None:
+        for task in self.tasks.values():
+            task.cancel()
+        for task in self.tasks.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+async def serve(
+    config_path: Path,
+    *,
+    http: bool = False,
+    port: int = 3000,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[dict[str, object]], Awaitable[None]] | None = None,
+    environ: dict[str, str] | None = None,
+) -> None:
+    config = load_config(config_path)
+    settings: SlackSettings = slack_settings(config.slack, str(config_path))
+    secrets = SlackSecrets.from_env(http=http, environ=environ)
+    env = dict(os.environ if environ is None else environ)
+    redis_url = env.get("REDIS_URL") or redis_url_for(config, require_env=True)
+    stop = stop or asyncio.Event()
+    async with engine_for(
+        config,
+        config_dir=config_path.resolve().parent,
+        redis_url=redis_url,
+        identity=env.get("UPGRADE_BOT_IDENTITY") or None,
+    ) as engine:
+        client = web_client(secrets.bot_token, secrets.api_url)
+        principals = [
+            p
+            for g in config.groups
+            for field in ("start", "approve", "pause", "resume", "abort", "rollback", "override")
+            for p in getattr(config.policy_for(g.name), field)
+        ]
+        usergroups = UserGroups(client, principals, ttl_s=settings.usergroup_cache_s)
+        notifier = Notifier(engine, client, settings, approvers_of=approvers_of(config))
+        ctx = BotContext(engine=engine, settings=settings, usergroups=usergroups, notifier=notifier)
+        app = build_app(ctx, client=client, signing_secret=secrets.signing_secret if http else None)
+        supervisor = DriverSupervisor(engine)
+        scheduler = AsyncIOScheduler()
+        scheduler.add_job(
+            supervisor.supervise,
+            "interval",
+            seconds=1.0,
+            max_instances=1,
+            coalesce=True,
+            id="supervise",
+        )
+        await supervisor.supervise()  # resume unfinished runs at once
+        scheduler.start()
+        notifier_task = asyncio.create_task(notifier.run_forever(stop))
+        runner: web.AppRunner | None = None
+        socket: SocketModeClient | None = None
+        info: dict[str, object] = {"mode": "http" if http else "socket"}
+        try:
+            if http:
+                runner = web.AppRunner(app.web_app(path="/slack/events"), access_log=None)
+                await runner.setup()
+                site = web.TCPSite(
+                    runner, "127.0.0.1" if env.get("UPGRADE_BOT_BIND_LOCAL") else "0.0.0.0", port
+                )
+                await site.start()
+                info["url"] = f"http://127.0.0.1:{port}/slack/events"
+            else:
+                from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+                handler = AsyncSocketModeHandler(
+                    app,
+                    secrets.app_token,
+                    web_client=AsyncWebClient(base_url=secrets.api_url or "https://slack.com/api/"),
+                )
+                await handler.connect_async()
+                socket = handler.client  # type: ignore[assignment]
+            log.info("upgrade-bot serving (%s) as %s", info["mode"], engine.identity)
+            if on_ready is not None:
+                await on_ready(info)
+            await stop.wait()
+        finally:
+            scheduler.shutdown(wait=False)
+            await supervisor.stop()
+            await notifier_task
+            if socket is not None:
+                await socket.close()
+            if runner is not None:
+                await runner.cleanup()
