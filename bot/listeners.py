@@ -149,9 +149,6 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
         if decision.refusal:
             await _ephemeral(client, item["channel"], user, messages.refused(decision.refusal))
 
-    @app.event("message")
-    async def ignore_messages() -> None:
-        """Thread replies and channel chatter are not requests."""
 
 
 async def _gate_action(
