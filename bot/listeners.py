@@ -138,7 +138,9 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
         group = gate_id.split(":")[-2] if gate_id.count(":") >= 2 else ""
         production = any(g.production for g in run.groups if g.name == group)
         if production:
-            message = render.reaction_confirm(run_id, gate_id, action, group)
+            message = render.reaction_confirm(
+                run_id, gate_id, action, group, reactions=ctx.settings.reactions
+            )
             await _ephemeral(
                 client, item["channel"], user, message.text, [b.to_dict() for b in message.blocks]
             )
@@ -148,7 +150,6 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
         )
         if decision.refusal:
             await _ephemeral(client, item["channel"], user, messages.refused(decision.refusal))
-
 
 
 async def _gate_action(

@@ -75,6 +75,9 @@ class _Thread:
     edited_at: dict[str, float] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)
     gates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    posted: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Events whose thread post may need re-rendering (the changelog after acknowledgement)."""
     done: bool = False
 
 
@@ -86,12 +89,14 @@ class Notifier:
         settings: SlackSettings,
         *,
         approvers_of: Callable[[str], list[str]],
+        escalation_of: Callable[[str], str | None] = lambda group: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
         self.client = client
         self.settings = settings
         self.approvers_of = approvers_of
+        self.escalation_of = escalation_of
         self.clock = clock
         self.threads: dict[str, _Thread] = {}
         self.watch: set[str] = set()
@@ -166,15 +171,35 @@ class Notifier:
                 thread, f"gate:{event['gate']}", self._gate_message(run, event), notify=True
             )
         if kind in GATE_EVENTS and event.get("gate"):
+            if kind in ("gate_decided", "gate_expired"):
+                thread.decisions[event["gate"]] = event
             thread.dirty.add(f"gate:{event['gate']}")
-        message = render.event_message(event)
+        message = self._event_message(run, event_id, event)
         if message is not None:
             await self._post_once(thread, f"event:{event_id}", message)
+            if kind == "changelog":
+                thread.posted[f"event:{event_id}"] = event
+        if kind == "changelog_acknowledged":
+            thread.dirty.update(k for k, e in thread.posted.items() if e["type"] == "changelog")
         if kind in RUN_STATE_EVENTS or kind in TERMINAL_EVENTS:
             thread.dirty.add("run")
             if group:
                 thread.dirty.add(f"group:{group}")
         return thread
+
+    def _event_message(
+        self, run: Run, event_id: str, event: dict[str, Any]
+    ) -> render.Message | None:
+        group = event.get("group") or (run.gate.group if run.gate else None)
+        return render.event_message(
+            event,
+            run=run,
+            event_id=event_id,
+            approvers=self.approvers_of(group) if group else [],
+            escalation_mention=event.get("escalation_mention")
+            or (self.escalation_of(group) if group else None),
+            command=self.settings.command,
+        )
 
     def _gate_message(self, run: Run, opened: dict[str, Any]) -> render.Message:
         return render.gate_message(
@@ -286,7 +311,11 @@ class Notifier:
                 return None
             if run.gate is not None and run.gate.id == name and run.gate.decision is None:
                 return self._gate_message(run, opened)  # still open: show approvals so far
-            return render.gate_decided(run, opened)
+            if run.gate is not None and run.gate.id == name:
+                return render.gate_decided(run, run.gate)
+            return render.gate_decided(run, thread.decisions.get(name, opened))
+        if kind == "event" and key in thread.posted:
+            return self._event_message(run, name, thread.posted[key])
         return None
 
     def gate_at(self, channel: str, ts: str) -> tuple[str, str] | None:

@@ -62,19 +62,24 @@ class SlackSecrets:
         )
 
 
-def mention(principal: str) -> str:
-    if principal == "*":
-        return "anyone in this channel"
-    if principal.startswith("S"):
-        return f"<!subteam^{principal}>"
-    if principal[:1] in ("U", "W"):
-        return f"<@{principal}>"
-    return principal
-
-
 def approvers_of(config: Config) -> Callable[[str], list[str]]:
+    """The policy entries (user IDs, user group IDs, ``*``) that may approve a group."""
+
     def lookup(group: str) -> list[str]:
-        return [mention(p) for p in config.policy_for(group).approve]
+        try:
+            return list(config.policy_for(group).approve)
+        except KeyError:
+            return []
+
+    return lookup
+
+
+def escalation_of(config: Config) -> Callable[[str], str | None]:
+    def lookup(group: str) -> str | None:
+        try:
+            return config.approval_for(group).escalation_mention
+        except KeyError:
+            return None
 
     return lookup
 
@@ -139,7 +144,13 @@ async def serve(
             for p in getattr(config.policy_for(g.name), field)
         ]
         usergroups = UserGroups(client, principals, ttl_s=settings.usergroup_cache_s)
-        notifier = Notifier(engine, client, settings, approvers_of=approvers_of(config))
+        notifier = Notifier(
+            engine,
+            client,
+            settings,
+            approvers_of=approvers_of(config),
+            escalation_of=escalation_of(config),
+        )
         ctx = BotContext(engine=engine, settings=settings, usergroups=usergroups, notifier=notifier)
         app = build_app(ctx, client=client, signing_secret=secrets.signing_secret if http else None)
         supervisor = DriverSupervisor(engine)
