@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,23 +106,43 @@ def build_report(
     }
 
 
-async def run_demo(args: argparse.Namespace) -> int:
-    groups = group_names(args.groups)
+@dataclass(frozen=True)
+class Rehearsal:
+    """A finished demo run while its sandbox is still up (``rehearse``)."""
+
+    run: Run
+    """The engine's final record of the run."""
+    report: dict[str, Any]
+    """``build_report``: the run compared with the sandbox's observed truth."""
+    sandbox: manage.SandboxHandle
+
+
+def demo_spec(args: argparse.Namespace) -> SandboxSpec:
     faults = {}
     if args.bad_release:
         version, fault = parse_fault(f"{args.to_version}={args.bad_release}")
         faults[version] = fault
-    spec = SandboxSpec(
-        groups=groups,
+    return SandboxSpec(
+        groups=group_names(args.groups),
         instances=args.instances,
         version=args.from_version,
         cp_version=args.to_version,
         faults=faults,
         rate_per_s=args.rate,
     )
+
+
+@asynccontextmanager
+async def rehearse(args: argparse.Namespace) -> AsyncIterator[Rehearsal]:
+    """Bring the sandbox up, carry out the run with the scripted approver, report.
+
+    The sandbox stays up while the caller's block runs (so that it can still be asked about
+    what happened) and is taken down when the block ends, whatever happened.
+    """
+    spec = demo_spec(args)
     print(
-        f"sandbox: {len(groups)} groups x {args.instances} instances on {args.from_version}, "
-        f"{spec.rate_per_s:g} requests/s through the groups' front doors"
+        f"sandbox: {len(spec.groups)} groups x {args.instances} instances on "
+        f"{args.from_version}, {spec.rate_per_s:g} requests/s through the groups' front doors"
         + (
             f"; release {args.to_version} is secretly bad ({args.bad_release})"
             if args.bad_release
@@ -136,21 +159,37 @@ async def run_demo(args: argparse.Namespace) -> int:
             run = await scripted_approver(engine, run.id)
             duration = time.monotonic() - started
         report = build_report(run, handle.status(), traffic_before, duration)
+        yield Rehearsal(run=run, report=report, sandbox=handle)
     finally:
         manage.down(handle.dir)
+
+
+def exit_status(report: dict[str, Any], bad_release: str | None) -> int:
+    """0 when the rehearsal went as it should: a good release completes, a bad one rolls back."""
+    if report["requests_failed"]:
+        return EXIT_FAILED
+    if bad_release is not None:
+        return 0 if report["state"] == "rolled_back" else EXIT_FAILED
+    return {"completed": EXIT_COMPLETED, "rolled_back": EXIT_ROLLED_BACK}.get(
+        report["state"], EXIT_FAILED
+    )
+
+
+async def run_demo(
+    args: argparse.Namespace,
+    *,
+    inspect: Callable[[Rehearsal], Awaitable[None]] | None = None,
+) -> int:
+    """``upgrade-bot demo``; ``inspect`` (tests) sees the rehearsal before the sandbox goes."""
+    async with rehearse(args) as rehearsal:
+        if inspect is not None:
+            await inspect(rehearsal)
+    report = rehearsal.report
     print_report(report)
     if args.report:
         args.report.write_text(json.dumps(report, indent=2))
         print(f"report: {args.report}")
-    if report["requests_failed"]:
-        return EXIT_FAILED
-    return (
-        {"completed": EXIT_COMPLETED, "rolled_back": EXIT_ROLLED_BACK}.get(
-            report["state"], EXIT_FAILED
-        )
-        if args.bad_release is None
-        else (0 if report["state"] == "rolled_back" else EXIT_FAILED)
-    )
+    return exit_status(report, args.bad_release)
 
 
 def print_report(report: dict[str, Any]) -> None:

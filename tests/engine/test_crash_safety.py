@@ -50,7 +50,11 @@ class Crash(BaseException):
 
 
 def sandbox(
-    directory: Path, groups: int, instances: int, *, lease_ttl_s: float | None = None,
+    directory: Path,
+    groups: int,
+    instances: int,
+    *,
+    lease_ttl_s: float | None = None,
     ready_delay_s: float = 0.3,
 ) -> manage.SandboxHandle:
     spec = SandboxSpec(
@@ -146,8 +150,15 @@ async def test_a_crash_at_every_runner_boundary_still_replaces_each_slot_exactly
     # The audit is complete and says everything exactly once.
     assert await slot_events(handle, run.id, "slot_replaced") == {"prod-eu/0": 1, "prod-eu/1": 1}
     types = await event_types(handle, run.id)
-    for once in ("run_started", "backup_done", "group_started", "metrics_summary",
-                 "gate_decided", "run_completed", "freeze_lifted"):  # fmt: skip
+    for once in (
+        "run_started",
+        "backup_done",
+        "group_started",
+        "metrics_summary",
+        "gate_decided",
+        "run_completed",
+        "freeze_lifted",
+    ):
         assert types[once] == 1, (once, types)
     # The engine's record agrees with the sandbox's observed truth.
     for group in result.run.groups:
@@ -176,8 +187,17 @@ async def test_ten_kill_9s_across_replacement_gates_and_rollback_lose_nothing(
         config = str(handle.config_path)
         traffic_before = handle.status()["traffic"]
         out = subprocess.run(
-            cli("run", "--config", config, "--to", "3.8.1", "--acknowledge-changelog",
-                "--as", "requester", "--quiet"),  # fmt: skip
+            cli(
+                "run",
+                "--config",
+                config,
+                "--to",
+                "3.8.1",
+                "--acknowledge-changelog",
+                "--as",
+                "requester",
+                "--quiet",
+            ),
             capture_output=True,
             text=True,
             timeout=180,
@@ -211,8 +231,21 @@ async def test_ten_kill_9s_across_replacement_gates_and_rollback_lose_nothing(
                 gates += 1
                 action = "approve" if gates < 3 else "rollback"
                 rolled_back = rolled_back or action == "rollback"
-                assert run_cli([action, run_id, "--config", config, "--as", "oncall",
-                                "--no-drive", "--quiet"]) == 0  # fmt: skip
+                assert (
+                    run_cli(
+                        [
+                            action,
+                            run_id,
+                            "--config",
+                            config,
+                            "--as",
+                            "oncall",
+                            "--no-drive",
+                            "--quiet",
+                        ]
+                    )
+                    == 0
+                )
                 continue
             _, err = proc.communicate()
             assert code == 4, err  # rolled back
@@ -224,9 +257,11 @@ async def test_ten_kill_9s_across_replacement_gates_and_rollback_lose_nothing(
         status = json.loads(
             subprocess.run(
                 cli("status", run_id, "--config", config, "--json"),
-                capture_output=True, text=True, timeout=60,
+                capture_output=True,
+                text=True,
+                timeout=60,
             ).stdout
-        )  # fmt: skip
+        )
         assert status["state"] == ROLLED_BACK
         truth = truth_by_slot(handle)
         # Each slot was upgraded exactly once and restored exactly once, whatever the kills.
@@ -259,8 +294,7 @@ def wait_for(predicate: Any, timeout: float, what: str) -> Any:
 async def test_a_frozen_driver_is_fenced_after_another_takes_over(tmp_path: Path) -> None:
     """SIGSTOP mid-replacement, takeover by another bot, SIGCONT: the stale one is refused."""
     # A slow start keeps driver A inside a replacement long enough to freeze it there.
-    handle = sandbox(tmp_path / "fleet", groups=1, instances=3, lease_ttl_s=2.0,
-                     ready_delay_s=2.0)  # fmt: skip
+    handle = sandbox(tmp_path / "fleet", groups=1, instances=3, lease_ttl_s=2.0, ready_delay_s=2.0)
     try:
         config = load_config(handle.config_path)
         async with engine_for(config, config_dir=handle.dir, redis_url=handle.redis_url) as eng:
@@ -270,8 +304,9 @@ async def test_a_frozen_driver_is_fenced_after_another_takes_over(tmp_path: Path
         env_a = {**os.environ, "UPGRADE_BOT_IDENTITY": "driver-a"}
         env_b = {**os.environ, "UPGRADE_BOT_IDENTITY": "driver-b"}
         args = ["resume", run.id, "--config", str(handle.config_path), "--quiet"]
-        driver_a = subprocess.Popen(cli(*args), env=env_a, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, text=True)  # fmt: skip
+        driver_a = subprocess.Popen(
+            cli(*args), env=env_a, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
 
         def replacement_under_way() -> bool:
             slots = httpx.get(f"{handle.control_url}/groups/prod-eu/slots", timeout=10).json()
@@ -280,8 +315,13 @@ async def test_a_frozen_driver_is_fenced_after_another_takes_over(tmp_path: Path
         wait_for(replacement_under_way, 120, "driver A to start a replacement")
         driver_a.send_signal(signal.SIGSTOP)
         try:
-            driver_b = subprocess.run(cli(*args, "--wait-lease", "30"), env=env_b,
-                                      capture_output=True, text=True, timeout=300)  # fmt: skip
+            driver_b = subprocess.run(
+                cli(*args, "--wait-lease", "30"),
+                env=env_b,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             assert driver_b.returncode == 0, driver_b.stderr
         finally:
             driver_a.send_signal(signal.SIGCONT)

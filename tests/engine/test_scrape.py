@@ -321,10 +321,15 @@ async def send(sims: list[Sim], n: int, *, concurrency: int = 20) -> Counter[int
 
 
 async def take(sims: list[Sim]) -> Snapshot:
+    """Scrape ``sims``; each must report itself (hostname = its slot, its version)."""
     async with httpx.AsyncClient(timeout=5.0, trust_env=False) as client:
-        return await scrape(
+        snap = await scrape(
             {s.instance_id: s.metrics_url for s in sims}, client, now=time.monotonic()
         )
+    assert {(s.instance_id, s.hostname, s.version) for s in snap.instances} == {
+        (s.instance_id, f"test/{s.instance_id}", s.version) for s in sims
+    }
+    return snap
 
 
 def bucket_of(value_ms: float) -> tuple[float, float]:

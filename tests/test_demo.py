@@ -1,0 +1,208 @@
+"""``upgrade-bot demo``: the full rehearsal on the sandbox, judged by its report.
+
+The default demo and two bad releases go through the real CLI in a subprocess, as a user runs
+them. The ``errors`` release runs in-process through ``run_demo`` (the same function the CLI
+calls), so that the test can still ask the sandbox about the traffic before it goes down and
+compare the report with the engine's own record of the run.
+
+Each demo brings up its own sandbox with its own embedded Redis (no REDIS_URL is passed on).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from upgrade_bot.cli import build_parser
+from upgrade_bot.demo import Rehearsal, run_demo
+from upgrade_bot.sandbox import manage
+from upgrade_bot.sandbox.spec import group_names
+
+pytestmark = [pytest.mark.traffic, pytest.mark.timeout(400)]
+
+OLD, NEW = "3.8.0", "3.8.1"
+GROUPS = group_names(3)
+INSTANCES = 3
+DEMO_TIMEOUT_S = 360.0  # ~60-90 s on an idle machine; generous for a loaded one
+# The report must show steady traffic throughout the run: at least this rate (the demo offers
+# 150/s), with a margin for the start and end of the run.
+MIN_RATE_PER_S = 50.0
+RATE_MARGIN = 0.8
+# The metric verdict (gateways' Prometheus counters over the after-window) and the traffic
+# generator (its per-second buckets, weighted by their overlap with that window) count the same
+# requests; they differ only by requests at the window's edges (bucketed by launch time vs.
+# counted at completion, ~50 ms apart: about 1 % of a 5 s window at each edge). Measured: at
+# most 0.007 apart over 5 runs, while one window's sampling noise around the release's nominal
+# 20 % is ~0.025: the comparison checks the measurement, not just the fault knob.
+RATIO_TOLERANCE = 0.03
+
+
+def demo_cli(tmp_path: Path, *extra: str) -> dict[str, Any]:
+    """Run ``python -m upgrade_bot demo`` to its end; return its JSON report."""
+    directory, report = tmp_path / "demo", tmp_path / "report.json"
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    try:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "upgrade_bot",
+                "demo",
+                "--dir",
+                str(directory),
+                "--report",
+                str(report),
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=DEMO_TIMEOUT_S,
+            env=env,
+            cwd=tmp_path,
+        )
+    finally:
+        leftover = manage.down(directory)  # whatever happened, nothing stays up
+    output = f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, output
+    assert not leftover, "the demo left its sandbox up\n" + output
+    data: dict[str, Any] = json.loads(report.read_text())
+    return data
+
+
+def instances(report: dict[str, Any]) -> list[dict[str, Any]]:
+    return [i for g in report["groups"] for i in g["instances"]]
+
+
+def check_rolled_back(report: dict[str, Any]) -> None:
+    assert report["state"] == "rolled_back", report["reason"]
+    assert [g["name"] for g in report["groups"]] == GROUPS
+    slots = instances(report)
+    assert len(slots) == len(GROUPS) * INSTANCES
+    for i in slots:
+        assert (i["version_before"], i["version_after"]) == (OLD, OLD), i
+    # Only the first group was ever touched: the bad release is found there.
+    for i in instances({"groups": report["groups"][1:]}):
+        assert (i["replacements"], i["restorations"]) == (0, 0), i
+    for g in report["groups"][1:]:
+        assert g["verdict"] is None, g
+    assert report["requests_failed"] == 0
+
+
+def test_default_demo_upgrades_every_slot_once_without_a_failed_request(
+    tmp_path: Path,
+) -> None:
+    report = demo_cli(tmp_path)
+
+    assert report["state"] == "completed", report["reason"]
+    assert [g["name"] for g in report["groups"]] == GROUPS
+    assert [g["verdict"] for g in report["groups"]] == ["pass"] * len(GROUPS)
+    slots = instances(report)
+    assert len(slots) == len(GROUPS) * INSTANCES
+    assert len({i["id"] for i in slots}) == len(slots)
+    for i in slots:
+        assert (i["version_before"], i["version_after"]) == (OLD, NEW), i
+        assert (i["replacements"], i["restorations"]) == (1, 0), i
+    assert report["requests_failed"] == 0
+    assert report["requests_5xx"] == 0
+    assert report["duration_s"] > 0
+    floor = MIN_RATE_PER_S * report["duration_s"] * RATE_MARGIN
+    assert report["requests_total"] >= floor, (report["requests_total"], floor)
+
+
+@pytest.mark.parametrize("kind", ["never-ready", "latency"])
+def test_bad_release_is_rolled_back_without_a_failed_request(tmp_path: Path, kind: str) -> None:
+    report = demo_cli(tmp_path, "--bad-release", kind)
+
+    check_rolled_back(report)
+    first = report["groups"][0]
+    if kind == "never-ready":
+        # The new instance never became ready: no slot was handed over, none to restore.
+        for i in first["instances"]:
+            assert (i["replacements"], i["restorations"]) == (0, 0), i
+    else:
+        assert first["verdict"] == "fail", first
+        assert first["p99_ms_after"] > first["p99_ms_before"], first
+        for i in first["instances"]:
+            assert (i["replacements"], i["restorations"]) == (1, 1), i
+
+
+def generator_ratio(series: list[dict[str, Any]], start: float, end: float) -> tuple[float, float]:
+    """The generator's 5xx ratio over [start, end]: per-second buckets weighted by overlap.
+
+    Returns (ratio, weighted request count).
+    """
+    total = errors = 0.0
+    for bucket in series:
+        t = bucket["t"]
+        overlap = max(0.0, min(t + 1, end) - max(t, start))
+        total += overlap * bucket["total"]
+        errors += overlap * bucket["requests_5xx"]
+    assert total > 0, "the traffic generator sent nothing during the window"
+    return errors / total, total
+
+
+async def test_errors_release_verdict_matches_the_traffic_and_the_report_the_record(
+    tmp_path: Path,
+) -> None:
+    directory, report_path = tmp_path / "demo", tmp_path / "report.json"
+    args = build_parser().parse_args(
+        ["demo", "--dir", str(directory), "--report", str(report_path), "--bad-release", "errors"]
+    )
+    seen: dict[str, Any] = {}
+
+    async def inspect(rehearsal: Rehearsal) -> None:
+        """While the sandbox is still up: the generator's series for the failing group."""
+        failing = rehearsal.run.groups[0].name
+        async with httpx.AsyncClient(timeout=30) as client:
+            resp = await client.get(
+                f"{rehearsal.sandbox.control_url}/traffic", params={"group": failing}
+            )
+            resp.raise_for_status()
+        seen["rehearsal"] = rehearsal
+        seen["series"] = resp.json()["series"]
+
+    code = await run_demo(args, inspect=inspect)
+
+    assert not manage.down(directory), "the demo left its sandbox up"
+    rehearsal: Rehearsal = seen["rehearsal"]
+    report, run = rehearsal.report, rehearsal.run
+    assert code == 0, report
+    assert json.loads(report_path.read_text()) == report
+    check_rolled_back(report)
+    assert report["run_id"] == run.id and report["state"] == run.state
+
+    # The failing group: its verdict, and its error ratio as the traffic generator saw it.
+    first, g = report["groups"][0], run.groups[0]
+    assert first["name"] == g.name == GROUPS[0]
+    assert first["verdict"] == "fail", first
+    assert first["error_ratio_before"] == 0.0, first
+    assert g.settle_snapshot is not None and g.after is not None
+    start = float(g.settle_snapshot["taken_at"])
+    end = start + float(g.after["duration_s"])
+    ratio, requests = generator_ratio(seen["series"], start, end)
+    assert requests >= 100, f"too few requests in the window to compare ({requests:.0f})"
+    assert first["error_ratio_after"] == pytest.approx(ratio, abs=RATIO_TOLERANCE), (
+        f"verdict says {first['error_ratio_after']:.4f}, the traffic generator saw {ratio:.4f} "
+        f"over {requests:.0f} requests in [{start:.3f}, {end:.3f}]"
+    )
+
+    # Every slot of the report (the sandbox's observed truth) as the engine recorded it.
+    recorded = {
+        s.id: (s.current_version, s.replacements, s.restorations)
+        for g in run.groups
+        for s in g.slots
+    }
+    reported = {
+        i["id"]: (i["version_after"], i["replacements"], i["restorations"])
+        for i in instances(report)
+    }
+    assert reported == recorded
+    for i in report["groups"][0]["instances"]:
+        assert (i["replacements"], i["restorations"]) == (1, 1), i
