@@ -227,7 +227,7 @@ async def test_ten_kill_9s_across_replacement_gates_and_rollback_lose_nothing(
                 proc.wait(timeout=300)
             code = proc.returncode
             if code == 5:
-                proc.communicate()  # waiting at a gate: approve the first two, roll back at the third
+                proc.communicate()  # at a gate: approve the first two, roll back the third
                 gates += 1
                 action = "approve" if gates < 3 else "rollback"
                 rolled_back = rolled_back or action == "rollback"
