@@ -23,7 +23,6 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
-from tests.conftest import free_port
 from upgrade_bot.slackstub import AckTimeout, SignedSender, SlackStub
 
 CHANNEL = "C0UPGRADES"
@@ -160,6 +159,15 @@ async def test_directory_methods(stub: SlackStub, client: AsyncWebClient) -> Non
     with pytest.raises(SlackApiError) as e:
         await client.users_info(user="U0NOBODY00")
     assert e.value.response["error"] == "user_not_found"
+
+
+async def test_posting_to_a_user_id_lands_in_the_dm(
+    stub: SlackStub, client: AsyncWebClient
+) -> None:
+    posted = await client.chat_postMessage(channel=BOB, text="You are on call for gw-a")
+    assert posted["channel"] == "D0BOB00002"
+    assert stub.messages("D0BOB00002")[0]["text"] == "You are on call for gw-a"
+    assert any("#dm-bob" in line for line in stub.transcript())
 
 
 async def test_51_blocks_are_invalid(client: AsyncWebClient) -> None:
@@ -465,12 +473,11 @@ async def test_socket_protocol_hello_ack_and_event_redelivery(stub: SlackStub) -
 
 
 @pytest.fixture
-async def http_app(stub: SlackStub) -> AsyncIterator[tuple[Seen, str]]:
+async def http_app(stub: SlackStub, port: int) -> AsyncIterator[tuple[Seen, str]]:
     seen = Seen()
     app = bolt_app(stub, seen, signing_secret=stub.workspace.signing_secret)
     runner = web.AppRunner(app.web_app(path="/slack/events"), handle_signals=False)
     await runner.setup()
-    port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
         yield seen, f"http://127.0.0.1:{port}/slack/events"
@@ -513,8 +520,7 @@ async def test_bolt_over_signed_http(
 # -- standalone -------------------------------------------------------------------------------
 
 
-async def test_runs_standalone_and_prints_one_json_line() -> None:
-    port = free_port()
+async def test_runs_standalone_and_prints_one_json_line(port: int) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "upgrade_bot.slackstub", "--port", str(port),
         "--channel", "C0DEMO0001=demo", "--channel", "C0DEMO0002",

@@ -62,13 +62,14 @@ class Sandbox:
         self._runners.append(cp_runner)
         cp_url = f"http://127.0.0.1:{cp_port}"
 
-        self.fleet = Fleet(self.spec, cp_url=cp_url)
+        self.fleet = Fleet(self.spec, cp_url=cp_url, tag=str(self.dir))
         await self.fleet.start_initial()
         for group in self.spec.groups:
             door = FrontDoor(
                 group,
                 members=lambda g=group: self.fleet.members(g),  # type: ignore[union-attr]
                 health_interval_s=self.spec.health_interval_s,
+                health_timeout_s=self.spec.health_timeout_s,
             )
             await door.start()
             self.front_doors[group] = door

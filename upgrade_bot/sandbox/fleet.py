@@ -31,6 +31,9 @@ from .spec import SandboxSpec, version_of_image
 log = logging.getLogger(__name__)
 
 SIGNALS = {"SIGQUIT": signal.SIGQUIT, "SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}
+HANDOVER_TIMEOUT_S = 2.0  # see Fleet._wait_handed_over
+HANDOVER_POLL_S = 0.02
+SANDBOX_TAG_ENV = "UPGRADE_BOT_SANDBOX"  # see tagged_processes
 
 
 def free_port() -> int:
@@ -105,10 +108,20 @@ class SlotRecord:
 class Fleet:
     """Gateway processes of every group, and the registry of what they observably run."""
 
-    def __init__(self, spec: SandboxSpec, *, cp_url: str | None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        spec: SandboxSpec,
+        *,
+        cp_url: str | None,
+        host: str = "127.0.0.1",
+        tag: str | None = None,
+    ) -> None:
         self.spec = spec
         self.cp_url = cp_url
         self.host = host
+        self.tag = tag
+        """Marks every instance process (``SANDBOX_TAG_ENV``), so that ``tagged_processes``
+        finds them even after the daemon that started them has died."""
         self.instances: dict[str, Instance] = {}
         self.slots: dict[str, SlotRecord] = {}
         self._procs: dict[str, asyncio.subprocess.Process] = {}
@@ -215,6 +228,7 @@ class Fleet:
             stdout=asyncio.subprocess.PIPE,
             stderr=None,
             start_new_session=True,  # a Ctrl-C on the daemon's terminal must not reach gateways
+            env={**os.environ, SANDBOX_TAG_ENV: self.tag} if self.tag else None,
         )
         inst.pid = proc.pid
         self.instances[inst.id] = inst
@@ -272,8 +286,10 @@ class Fleet:
         if signal_name not in SIGNALS:
             raise FleetError(f"unknown signal '{signal_name}'; expected one of {sorted(SIGNALS)}")
         await self._collect_stats(inst)
-        inst.state = "stopping"
+        inst.state = "stopping"  # out of the front doors' members: no new request picks it
         inst.stop_signal = signal_name
+        if signal_name != "SIGKILL":
+            await self._wait_handed_over(inst)
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(SIGNALS[signal_name])
         try:
@@ -287,6 +303,41 @@ class Fleet:
         self._fold_stats(inst)
         log.info("stopped %s with %s (exit %s)", inst.id, signal_name, proc.returncode)
         return inst
+
+    async def _wait_handed_over(self, inst: Instance) -> None:
+        """Wait (briefly) until the requests a front door already sent this way have arrived.
+
+        A front door may have picked the instance just before it left the members: the
+        connection is open, the request not read yet. A stop closes such a connection as idle
+        (aiohttp's shutdown, like nginx's, closes connections that carry no request), and the
+        client gets a reset that neither SIGQUIT nor SIGTERM should cause. So the signal waits
+        for two readings, ``HANDOVER_POLL_S`` apart, of no connection without a request in
+        progress ("waiting" in ``apisix_nginx_http_current_connections``). Requests being
+        handled are left alone: SIGQUIT drains them and SIGTERM cuts them.
+        """
+        deadline = time.monotonic() + HANDOVER_TIMEOUT_S
+        quiet = 0
+        while quiet < 2 and time.monotonic() < deadline:
+            waiting = await self._waiting_connections(inst)
+            if waiting is None:
+                return  # it does not answer: nothing to hand over
+            quiet = quiet + 1 if waiting == 0 else 0
+            if quiet < 2:
+                await asyncio.sleep(HANDOVER_POLL_S)
+
+    async def _waiting_connections(self, inst: Instance) -> int | None:
+        try:
+            session = await self._http()
+            async with session.get(inst.metrics_url + "/apisix/prometheus/metrics") as resp:
+                text = await resp.text()
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+        for family in text_string_to_metric_families(text):
+            if family.name == "apisix_nginx_http_current_connections":
+                for sample in family.samples:
+                    if sample.labels.get("state") == "waiting":
+                        return int(sample.value)
+        return None
 
     async def _collect_stats(self, inst: Instance) -> None:
         try:
@@ -414,6 +465,29 @@ class Fleet:
                 }
             )
         return out
+
+
+def tagged_processes(tag: str) -> list[int]:
+    """Live instance processes started by a ``Fleet(tag=tag)``, found by their environment.
+
+    Unlike a list of pids kept in a file, this never names a stranger that reused a pid.
+    Linux only (``/proc``); elsewhere it finds nothing.
+    """
+    marker = f"\0{SANDBOX_TAG_ENV}={tag}\0".encode()
+    found = []
+    with contextlib.suppress(OSError):
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+        for entry in entries:
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    environ = b"\0" + f.read()
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    zombie = f.read().rpartition(b")")[2].split()[:1] == [b"Z"]
+            except OSError:
+                continue
+            if marker in environ and not zombie:
+                found.append(int(entry))
+    return found
 
 
 def kill_orphans(pids: Sequence[int]) -> None:

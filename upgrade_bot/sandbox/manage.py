@@ -24,6 +24,7 @@ import yaml
 from ..redis_server import RedisServer, stop_from_pidfile
 from ..redis_server import _pid_alive as pid_alive
 from .daemon import CP_KEY_FILE, SPEC_FILE, STATE_FILE
+from .fleet import tagged_processes
 from .spec import SandboxSpec
 
 REDIS_DIR = "redis"
@@ -77,6 +78,7 @@ def up(
     directory.mkdir(parents=True, exist_ok=True)
     if read_state(directory):
         raise SandboxError(f"a sandbox is already up in {directory} (run 'sandbox down' first)")
+    _stop_orphans(directory)  # instances of an earlier daemon here that died
     for stale in ("error.txt", STATE_FILE):
         with contextlib.suppress(FileNotFoundError):
             (directory / stale).unlink()
@@ -250,13 +252,29 @@ def down(directory: Path, timeout_s: float = 60.0) -> bool:
         while _pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         if _pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            for child in state.get("instance_pids", []):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(child, signal.SIGKILL)
+            _kill(pid)
+    # Instances the daemon did not stop: it was killed just above, or it had died before (a
+    # crash, an OOM kill). Found by the tag the fleet gives them, never by a stale pid.
+    orphans = _stop_orphans(directory)
+    with contextlib.suppress(FileNotFoundError):
+        (directory / STATE_FILE).unlink()  # left by a daemon that died
     stopped_redis = _stop_redis(directory)
-    return bool(state) or stopped_redis
+    return bool(state) or bool(orphans) or stopped_redis
+
+
+def _stop_orphans(directory: Path, timeout_s: float = 10.0) -> list[int]:
+    """SIGKILL the instances of a dead daemon; returns their pids.
+
+    Not SIGTERM: an orphan's stdout is a pipe that nobody reads any more, and the simulator's
+    signal handlers write an event there before they exit, so they fail and it keeps running.
+    """
+    orphans = tagged_processes(str(directory))
+    for pid in orphans:
+        _kill(pid)
+    deadline = time.monotonic() + timeout_s
+    while tagged_processes(str(directory)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return orphans
 
 
 def _kill(pid: int) -> None:

@@ -91,6 +91,10 @@ class SandboxSpec:
     cp_version: str | None = None
     heartbeat_interval_s: float = 1.0
     health_interval_s: float = 0.2
+    health_timeout_s: float = 5.0
+    """How long a front door's readiness check may take. Generous on purpose: on a loaded
+    machine a 1 s check times out for every member at once, and the front door then answers
+    503 for a fleet that is fine."""
 
     def image_for(self, version: str) -> str:
         return f"{self.repository}:{version}"
