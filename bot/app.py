@@ -25,7 +25,6 @@ def build_app(ctx: BotContext, *, client: AsyncWebClient, signing_secret: str | 
         signing_secret=signing_secret,
         # Socket Mode has no signature; HTTP mode always verifies.
         request_verification_enabled=signing_secret is not None,
-        token_verification_enabled=False,
         process_before_response=False,
     )
     register(app, ctx)

@@ -880,7 +880,7 @@ def _command(acc: _Acc, cmd: Command, config: Config) -> Decision:
     if handler is None:
         return _refuse(acc, cmd, f"unknown action '{cmd.action}'")
     group = _policy_group(run, cmd)
-    permission = {"acknowledge": "resume", "hold": "pause"}.get(cmd.action, cmd.action)
+    permission = {"acknowledge": "start", "hold": "pause"}.get(cmd.action, cmd.action)
     principals = getattr(config.policy_for(group), permission)
     if not allowed(principals, cmd.user, cmd.user_groups):
         return _refuse(acc, cmd, f"{cmd.user} may not {cmd.action} on {group} (policy)")
