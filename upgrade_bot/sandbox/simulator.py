@@ -439,8 +439,13 @@ def render_text(registry: CollectorRegistry) -> str:
 
 def emit_event(event: str, **fields: Any) -> None:
     """One JSON line on stdout: the channel a fleet manager reads; logs go to stderr."""
-    sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
+        sys.stdout.flush()
+    except (BrokenPipeError, OSError, ValueError):
+        # Nobody reads our stdout any more (the sandbox daemon died): a signal must still stop
+        # the instance, so a lost progress line is not an error.
+        pass
 
 
 def _request_length(request: web.BaseRequest, body_len: int) -> int:
