@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the Slack bot (Socket Mode, or --http)")
     serve.add_argument("--config", required=True, type=Path)
     serve.add_argument("--http", action="store_true", help="serve /slack/events over HTTP")
+    serve.add_argument("--host", default="0.0.0.0", help="HTTP mode: address to listen on")
     serve.add_argument("--port", type=int, default=3000)
 
     demo = sub.add_parser("demo", help="a full rehearsal on the sandbox")
@@ -181,7 +182,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        asyncio.run(serve(args.config, http=args.http, port=args.port))
+        asyncio.run(serve(args.config, http=args.http, host=args.host, port=args.port))
     except KeyboardInterrupt:
         pass
     return EXIT_OK

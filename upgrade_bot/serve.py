@@ -119,6 +119,7 @@ async def serve(
     config_path: Path,
     *,
     http: bool = False,
+    host: str = "0.0.0.0",
     port: int = 3000,
     stop: asyncio.Event | None = None,
     on_ready: Callable[[dict[str, object]], Awaitable[None]] | None = None,
@@ -173,11 +174,9 @@ async def serve(
             if http:
                 runner = web.AppRunner(app.web_app(path="/slack/events"), access_log=None)
                 await runner.setup()
-                site = web.TCPSite(
-                    runner, "127.0.0.1" if env.get("UPGRADE_BOT_BIND_LOCAL") else "0.0.0.0", port
-                )
+                site = web.TCPSite(runner, host, port)
                 await site.start()
-                info["url"] = f"http://127.0.0.1:{port}/slack/events"
+                info["url"] = f"http://{host}:{port}/slack/events"
             else:
                 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 

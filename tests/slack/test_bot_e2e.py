@@ -4,6 +4,7 @@ a run started by slash command completes after button approvals, with policy enf
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -11,11 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from upgrade_bot.sandbox import manage
 from upgrade_bot.sandbox.spec import SandboxSpec, group_names
 from upgrade_bot.serve import serve
-from upgrade_bot.slackstub import SlackStub
+from upgrade_bot.slackstub import SignedSender, SlackStub
+
+from ..conftest import free_port
 
 pytestmark = pytest.mark.traffic
 
@@ -40,8 +44,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-async def poll(predicate: Callable[[], Any], what: str, timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
+async def poll(predicate: Callable[[], Any], what: str, within: float = 120) -> Any:
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         value = predicate()
         if value:
@@ -65,6 +69,7 @@ class Harness:
     def __init__(self, stub: SlackStub, handle: manage.SandboxHandle) -> None:
         self.stub = stub
         self.handle = handle
+        self.sender: SignedSender | None = None
 
     def run_message(self) -> dict[str, Any] | None:
         for message in self.stub.messages(CHANNEL):
@@ -87,15 +92,21 @@ class Harness:
         return [e.get("text", "") for e in self.stub.ephemerals(CHANNEL, user)]
 
 
-@pytest.fixture
-async def bot(tmp_path: Path) -> AsyncIterator[Harness]:
+@contextlib.asynccontextmanager
+async def running_bot(
+    tmp_path: Path, *, http: bool = False, production: bool = True
+) -> AsyncIterator[Harness]:
     spec = SandboxSpec(
         groups=group_names(2), instances=2, version="3.8.0", cp_version="3.8.1",
         rate_per_s=60.0, latency_ms=20.0, ready_delay_s=0.3,
     )  # fmt: skip
     handle = manage.up(tmp_path / "fleet", spec, sandbox_defaults=DEFAULTS)
     config = handle.config_path
-    config.write_text(config.read_text() + f"slack:\n  channel: {CHANNEL}\n")
+    data = yaml.safe_load(config.read_text())
+    for group in data["groups"]:
+        group["production"] = production
+    data["slack"] = {"channel": CHANNEL}
+    config.write_text(yaml.safe_dump(data))
     stub = SlackStub()
     await stub.start()
     env = {
@@ -104,24 +115,40 @@ async def bot(tmp_path: Path) -> AsyncIterator[Harness]:
         "SLACK_API_URL": stub.api_url,
         "REDIS_URL": handle.redis_url,
         "UPGRADE_BOT_IDENTITY": "e2e-bot",
+        "SLACK_SIGNING_SECRET": stub.workspace.signing_secret,
     }
+    port = free_port()
     stop = asyncio.Event()
     ready = asyncio.Event()
 
     async def on_ready(info: dict[str, object]) -> None:
         ready.set()
 
-    task = asyncio.create_task(serve(config, stop=stop, on_ready=on_ready, environ=env))
+    task = asyncio.create_task(
+        serve(config, http=http, host="127.0.0.1", port=port, stop=stop, on_ready=on_ready,
+              environ=env)
+    )  # fmt: skip
     try:
         await asyncio.wait_for(ready.wait(), 60)
-        await poll(lambda: stub.socket.connected, "the bot to connect over Socket Mode", 30)
+        if not http:
+            await poll(lambda: stub.socket.connected, "the bot to connect over Socket Mode", 30)
         TRANSCRIPT.append(stub.transcript)
-        yield Harness(stub, handle)
+        harness = Harness(stub, handle)
+        harness.sender = SignedSender(
+            stub.workspace.signing_secret, f"http://127.0.0.1:{port}/slack/events", stub=stub
+        )
+        yield harness
     finally:
         stop.set()
         await asyncio.wait_for(task, 60)
         await stub.stop()
         manage.down(handle.dir)
+
+
+@pytest.fixture
+async def bot(tmp_path: Path) -> AsyncIterator[Harness]:
+    async with running_bot(tmp_path) as harness:
+        yield harness
 
 
 async def test_a_run_started_by_slash_command_completes_after_button_approvals(
@@ -177,3 +204,70 @@ def _open_gate(bot: Harness, group: str) -> dict[str, Any] | None:
 def _decided(bot: Harness, ts: str) -> dict[str, Any] | None:
     message = bot.stub.message(CHANNEL, ts)
     return message if message and "gate_approve" not in buttons(message) else None
+
+
+async def test_http_mode_verifies_signatures_and_a_replay_has_no_second_effect(
+    tmp_path: Path,
+) -> None:
+    async with running_bot(tmp_path, http=True, production=False) as bot:
+        stub, sender = bot.stub, bot.sender
+        assert sender is not None
+        command = stub.users.slash_command(ALICE, CHANNEL, "start 3.8.1 prod-eu")
+        forged = await sender.send("slash_commands", command, bad_signature=True)
+        assert forged.status == 401
+        stale = await sender.send("slash_commands", command, timestamp=int(time.time()) - 360)
+        assert stale.status == 401
+        assert bot.run_message() is None  # neither had any effect
+
+        first = await sender.send("slash_commands", command)
+        assert first.status == 200 and first.within_deadline
+        again = await sender.send("slash_commands", command, retry_num=1)
+        assert again.status == 200 and again.within_deadline
+        await poll(bot.run_message, "the run message")
+        changelog = await poll(lambda: bot.with_button("changelog_ack"), "the changelog")
+        click = stub.users.button_click(ALICE, CHANNEL, changelog, "changelog_ack")
+        assert (await sender.send("interactive", click)).status == 200
+        gate = await poll(lambda: _open_gate(bot, "prod-eu"), "the gate of prod-eu")
+        # A reaction approves a non-production gate (no confirmation step).
+        reaction = stub.users.reaction_added(BOB, CHANNEL, gate["ts"], "white_check_mark")
+        assert (await sender.send("events_api", reaction)).status == 200
+        # Slack retries the same event: answered 200, no second approval.
+        assert (await sender.send("events_api", reaction, retry_num=1)).status == 200
+        await poll(lambda: any("completed" in m.get("text", "") for m in bot.thread()),
+                   "the run to complete", 180)  # fmt: skip
+        runs = [m for m in stub.messages(CHANNEL)
+                if (m.get("metadata") or {}).get("event_type") == "upgrade_run"]  # fmt: skip
+        assert len(runs) == 1  # the repeated command started nothing more
+        approvals = [m for m in bot.thread() if "Approved by" in json.dumps(m)]
+        assert len(approvals) == 1
+
+
+async def test_a_reaction_on_a_production_gate_asks_for_confirmation_and_text_approves(
+    tmp_path: Path,
+) -> None:
+    async with running_bot(tmp_path) as bot:
+        stub = bot.stub
+        await stub.users.run_command(ALICE, CHANNEL, "start 3.8.1 prod-eu")
+        changelog = await poll(lambda: bot.with_button("changelog_ack"), "the changelog")
+        await stub.users.click(ALICE, CHANNEL, changelog, "changelog_ack")
+        gate = await poll(lambda: _open_gate(bot, "prod-eu"), "the gate of prod-eu")
+        before = len(bot.ephemerals_to(BOB))
+        await stub.users.react(BOB, CHANNEL, gate["ts"], "white_check_mark")
+        confirm = await poll(
+            lambda: (
+                len(stub.ephemerals(CHANNEL, BOB)) > before and stub.ephemerals(CHANNEL, BOB)[-1]
+            ),
+            "the ephemeral confirmation",
+        )
+        assert "reaction_confirm" in buttons(confirm)
+        assert "gate_approve" in buttons(stub.message(CHANNEL, gate["ts"]) or {})  # not yet
+        # The text fallback works too: /upgrade approve RUN
+        run_id = json.loads(buttons(gate)["gate_approve"])["run"]
+        await stub.users.run_command(CAROL, CHANNEL, f"approve {run_id}")
+        await poll(lambda ts=gate["ts"]: _decided(bot, ts), "the gate decided by text")
+        # The confirmation of the older reaction now points at a gate no longer pending.
+        click = stub.users.button_click(BOB, CHANNEL, confirm, "reaction_confirm", stale=True)
+        await stub.socket.deliver("interactive", click)
+        await poll(lambda: "no longer pending" in bot.ephemerals_to(BOB)[-1].lower()
+                   or "no approval pending" in bot.ephemerals_to(BOB)[-1].lower(),
+                   "the stale confirmation refused")  # fmt: skip
