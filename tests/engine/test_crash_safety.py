@@ -181,7 +181,7 @@ async def test_ten_kill_9s_across_replacement_gates_and_rollback_lose_nothing(
     tmp_path: Path,
 ) -> None:
     """kill -9 of the driving CLI at random moments; each time `resume` carries on."""
-    handle = sandbox(tmp_path / "fleet", groups=3, instances=2)
+    handle = sandbox(tmp_path / "fleet", groups=3, instances=3)
     rng = random.Random(20261126)
     try:
         config = str(handle.config_path)
@@ -217,7 +217,7 @@ async def test_ten_kill_9s_across_replacement_gates_and_rollback_lose_nothing(
             )
             if kills < 12:
                 try:
-                    proc.wait(timeout=rng.uniform(0.8, 3.0))
+                    proc.wait(timeout=rng.uniform(0.7, 2.2))
                 except subprocess.TimeoutExpired:
                     proc.send_signal(signal.SIGKILL)
                     proc.communicate()
@@ -268,7 +268,7 @@ async def test_ten_kill_9s_across_replacement_gates_and_rollback_lose_nothing(
         assert {(t["version"], t["replacements"], t["restorations"]) for t in truth.values()} == {
             ("3.8.0", 1, 1)
         }
-        assert len(truth) == 6
+        assert len(truth) == 9
         traffic = handle.status()["traffic"]
         assert traffic["failed"] - traffic_before["failed"] == 0
         assert await slot_events(handle, run_id, "slot_replaced") == {s: 1 for s in truth}
