@@ -93,13 +93,57 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
+async def bot_process(
+    stub: SlackStub, handle: manage.SandboxHandle, *, http: bool = False
+) -> AsyncIterator[None]:
+    """The bot alone, as one process's life: started, then stopped (or 'killed')."""
+    env = {
+        "SLACK_BOT_TOKEN": stub.workspace.bot_token,
+        "SLACK_APP_TOKEN": stub.workspace.app_token,
+        "SLACK_API_URL": stub.api_url,
+        "REDIS_URL": handle.redis_url,
+        "UPGRADE_BOT_IDENTITY": "e2e-bot",
+        "SLACK_SIGNING_SECRET": stub.workspace.signing_secret,
+    }
+    stop, ready = asyncio.Event(), asyncio.Event()
+
+    async def on_ready(info: dict[str, object]) -> None:
+        ready.set()
+
+    connections = len(stub.socket.open_connections)
+    task = asyncio.create_task(
+        serve(
+            handle.config_path,
+            http=http,
+            host="127.0.0.1",
+            port=free_port(),
+            stop=stop,
+            on_ready=on_ready,
+            environ=env,
+        )
+    )
+    try:
+        await asyncio.wait_for(ready.wait(), 60)
+        await poll(lambda: len(stub.socket.open_connections) > connections, "a connection", 30)
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
+
+
+@contextlib.asynccontextmanager
 async def running_bot(
     tmp_path: Path, *, http: bool = False, production: bool = True
 ) -> AsyncIterator[Harness]:
     spec = SandboxSpec(
-        groups=group_names(2), instances=2, version="3.8.0", cp_version="3.8.1",
-        rate_per_s=60.0, latency_ms=20.0, ready_delay_s=0.3,
-    )  # fmt: skip
+        groups=group_names(2),
+        instances=2,
+        version="3.8.0",
+        cp_version="3.8.1",
+        rate_per_s=60.0,
+        latency_ms=20.0,
+        ready_delay_s=0.3,
+    )
     handle = manage.up(tmp_path / "fleet", spec, sandbox_defaults=DEFAULTS)
     config = handle.config_path
     data = yaml.safe_load(config.read_text())
@@ -125,9 +169,16 @@ async def running_bot(
         ready.set()
 
     task = asyncio.create_task(
-        serve(config, http=http, host="127.0.0.1", port=port, stop=stop, on_ready=on_ready,
-              environ=env)
-    )  # fmt: skip
+        serve(
+            config,
+            http=http,
+            host="127.0.0.1",
+            port=port,
+            stop=stop,
+            on_ready=on_ready,
+            environ=env,
+        )
+    )
     try:
         await asyncio.wait_for(ready.wait(), 60)
         if not http:
@@ -233,10 +284,16 @@ async def test_http_mode_verifies_signatures_and_a_replay_has_no_second_effect(
         assert (await sender.send("events_api", reaction)).status == 200
         # Slack retries the same event: answered 200, no second approval.
         assert (await sender.send("events_api", reaction, retry_num=1)).status == 200
-        await poll(lambda: any("completed" in m.get("text", "") for m in bot.thread()),
-                   "the run to complete", 180)  # fmt: skip
-        runs = [m for m in stub.messages(CHANNEL)
-                if (m.get("metadata") or {}).get("event_type") == "upgrade_run"]  # fmt: skip
+        await poll(
+            lambda: any("completed" in m.get("text", "") for m in bot.thread()),
+            "the run to complete",
+            180,
+        )
+        runs = [
+            m
+            for m in stub.messages(CHANNEL)
+            if (m.get("metadata") or {}).get("event_type") == "upgrade_run"
+        ]
         assert len(runs) == 1  # the repeated command started nothing more
         approvals = [m for m in bot.thread() if "Approved by" in json.dumps(m)]
         assert len(approvals) == 1
@@ -275,3 +332,58 @@ async def test_a_reaction_on_a_production_gate_asks_for_confirmation_and_text_ap
             lambda: any(w in bot.ephemerals_to(BOB)[-1].lower() for w in stale_words),
             "the stale confirmation refused",
         )
+
+
+async def test_a_bot_restarted_at_an_open_gate_takes_the_approval_and_posts_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    spec = SandboxSpec(
+        groups=group_names(1),
+        instances=2,
+        version="3.8.0",
+        cp_version="3.8.1",
+        rate_per_s=60.0,
+        latency_ms=20.0,
+        ready_delay_s=0.3,
+    )
+    handle = manage.up(tmp_path / "fleet", spec, sandbox_defaults=DEFAULTS)
+    data = yaml.safe_load(handle.config_path.read_text())
+    data["slack"] = {"channel": CHANNEL}
+    handle.config_path.write_text(yaml.safe_dump(data))
+    stub = SlackStub()
+    await stub.start()
+    TRANSCRIPT.append(stub.transcript)
+    bot = Harness(stub, handle)
+    try:
+        async with bot_process(stub, handle):
+            await stub.users.run_command(ALICE, CHANNEL, "start 3.8.1")
+            changelog = await poll(lambda: bot.with_button("changelog_ack"), "the changelog")
+            await stub.users.click(ALICE, CHANNEL, changelog, "changelog_ack")
+            gate = await poll(lambda: _open_gate(bot, "prod-eu"), "the gate")
+        posted_before = len(stub.calls_of("chat.postMessage"))
+        async with bot_process(stub, handle):  # a new process: same identity, same Redis
+            await stub.users.click(BOB, CHANNEL, gate, "gate_approve")
+            await poll(
+                lambda: any("completed" in m.get("text", "") for m in bot.thread()),
+                "the run to complete after the restart",
+                180,
+            )
+        assert len(stub.calls_of("chat.postMessage")) > posted_before
+        runs = [
+            m
+            for m in stub.messages(CHANNEL)
+            if (m.get("metadata") or {}).get("event_type") == "upgrade_run"
+        ]
+        assert len(runs) == 1
+        keys = [
+            json.dumps(c.params.get("metadata"), sort_keys=True)
+            for c in stub.calls_of("chat.postMessage")
+        ]
+        assert len(keys) == len(set(keys)), "a message was posted twice"
+        gates = [
+            m for m in bot.thread() if (m.get("metadata") or {}).get("event_type") == "upgrade_gate"
+        ]
+        assert len(gates) == 1
+    finally:
+        await stub.stop()
+        manage.down(handle.dir)
