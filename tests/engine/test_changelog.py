@@ -63,7 +63,10 @@ def test_apisix_same_level_section_headings_stay_inside_their_release(
 
 def test_apisix_upgrade_window(apisix: list[Entry]) -> None:
     assert versions(entries_between(apisix, "1.4.0", "2.1.0")) == [
-        "1.4.1", "1.5.0", "2.0.0", "2.1.0",
+        "1.4.1",
+        "1.5.0",
+        "2.0.0",
+        "2.1.0",
     ]
     assert versions(entries_between(apisix, "1.5.0", "1.5.0")) == []
     assert versions(entries_between(apisix, "2.2.0", "1.4.0")) == []  # a downgrade
@@ -162,7 +165,8 @@ def test_release_level_follows_the_first_release_heading() -> None:
 
 def test_crlf_and_no_releases() -> None:
     assert parse_changelog("## 1.0.1\r\nfix\r\n\r\n## 1.0.0\r\nfirst\r\n") == [
-        Entry("1.0.1", "fix"), Entry("1.0.0", "first"),
+        Entry("1.0.1", "fix"),
+        Entry("1.0.0", "first"),
     ]
     assert parse_changelog("# Nothing\n\njust prose\n") == []
     assert parse_changelog("") == []
@@ -258,5 +262,6 @@ async def test_unreachable_url_is_temporary(tmp_path: Path) -> None:
         port = s.getsockname()[1]
     async with httpx.AsyncClient() as client:
         with pytest.raises(TemporaryError, match=r"unreachable \(ConnectError\)"):
-            await read_source(f"http://127.0.0.1:{port}/CHANGELOG.md", base_dir=tmp_path,
-                              client=client)
+            await read_source(
+                f"http://127.0.0.1:{port}/CHANGELOG.md", base_dir=tmp_path, client=client
+            )

@@ -57,7 +57,10 @@ def assert_secret_free(exc: BaseException, *secrets: str) -> None:
 
 def heartbeat(state: ControlPlaneState, n: int, group: str = GROUP) -> None:
     state.heartbeat(
-        id=f"dp-{n:03d}", hostname=f"gw-{n}", ip="127.0.0.1", version="3.8.1",
+        id=f"dp-{n:03d}",
+        hostname=f"gw-{n}",
+        ip="127.0.0.1",
+        version="3.8.1",
         gateway_group_id=group,
     )
 

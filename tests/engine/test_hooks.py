@@ -166,9 +166,7 @@ async def wait_until_gone(pid: int, deadline_s: float = 10.0) -> None:
 async def test_cancellation_kills_the_command(tmp_path: Path) -> None:
     pid_file = tmp_path / "cmd.pid"
     script = (
-        "import os, time\n"
-        f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
-        "time.sleep(600)\n"
+        f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(600)\n"
     )
     task = asyncio.create_task(run_backup(command(tmp_path, script), run_id=RUN_ID))
     loop = asyncio.get_running_loop()

@@ -87,11 +87,13 @@ async def test_expected_statuses_and_method() -> None:
 
     async with serve(by_method) as (url, seen), httpx.AsyncClient() as client:
         passing = await run_smoke(
-            {"s": url}, Smoke(method="HEAD", path="/p", expect_status=[200, 204], count=3),
+            {"s": url},
+            Smoke(method="HEAD", path="/p", expect_status=[200, 204], count=3),
             client,
         )
         failing = await run_smoke(
-            {"s": url}, Smoke(method="POST", path="/p", expect_status=[200, 204], count=1),
+            {"s": url},
+            Smoke(method="POST", path="/p", expect_status=[200, 204], count=1),
             client,
         )
     assert passing["passed"] is True and passing["requests"] == 3
@@ -144,5 +146,8 @@ async def test_no_endpoints_does_not_pass() -> None:
     async with httpx.AsyncClient() as client:
         result = await run_smoke({}, Smoke(), client)
     assert result == {
-        "passed": False, "requests": 0, "failed": 0, "failures": ["no endpoints to smoke-test"],
+        "passed": False,
+        "requests": 0,
+        "failed": 0,
+        "failures": ["no endpoints to smoke-test"],
     }

@@ -257,8 +257,7 @@ async def current_instance_stats(handle: manage.SandboxHandle, group: str) -> li
     """``/sandbox/stats`` of the instance serving each slot of ``group``, read directly."""
     slots = (await get_json(f"{handle.control_url}/groups/{group}/slots"))["slots"]
     return [
-        await get_json(slot["current"]["endpoints"]["status"] + "/sandbox/stats")
-        for slot in slots
+        await get_json(slot["current"]["endpoints"]["status"] + "/sandbox/stats") for slot in slots
     ]
 
 

@@ -55,10 +55,20 @@ def approval_blocks(text: str = "Approve group *gw-a*?") -> list[dict[str, Any]]
             "type": "actions",
             "block_id": "gate",
             "elements": [
-                {"type": "button", "action_id": "approve", "value": "gate-1",
-                 "style": "primary", "text": {"type": "plain_text", "text": "Approve"}},
-                {"type": "button", "action_id": "rollback", "value": "gate-1",
-                 "style": "danger", "text": {"type": "plain_text", "text": "Roll back"}},
+                {
+                    "type": "button",
+                    "action_id": "approve",
+                    "value": "gate-1",
+                    "style": "primary",
+                    "text": {"type": "plain_text", "text": "Approve"},
+                },
+                {
+                    "type": "button",
+                    "action_id": "rollback",
+                    "value": "gate-1",
+                    "style": "danger",
+                    "text": {"type": "plain_text", "text": "Roll back"},
+                },
             ],
         },
     ]
@@ -185,12 +195,23 @@ async def test_51_blocks_are_invalid(client: AsyncWebClient) -> None:
     [
         {"type": "section", "text": "a bare string is not a text object"},
         {"type": "section", "text": {"type": "mrkdwn", "text": "x" * 3001}},
-        {"type": "actions", "elements": [
-            {"type": "button", "action_id": "a", "text": {"type": "plain_text", "text": "y" * 76}}
-        ]},
-        {"type": "actions", "elements": [
-            {"type": "button", "action_id": "a", "text": {"type": "plain_text", "text": "A"}},
-        ] * 2},
+        {
+            "type": "actions",
+            "elements": [
+                {
+                    "type": "button",
+                    "action_id": "a",
+                    "text": {"type": "plain_text", "text": "y" * 76},
+                }
+            ],
+        },
+        {
+            "type": "actions",
+            "elements": [
+                {"type": "button", "action_id": "a", "text": {"type": "plain_text", "text": "A"}},
+            ]
+            * 2,
+        },
         {"type": "no_such_block"},
         {"type": "divider", "colour": "red"},
         {"text": {"type": "mrkdwn", "text": "no type"}},
@@ -216,8 +237,12 @@ async def test_form_encoded_blocks_are_parsed_and_validated(stub: SlackStub) -> 
     url = f"{stub.api_url}chat.postMessage"
     headers = {"Authorization": f"Bearer {stub.workspace.bot_token}"}
     async with aiohttp.ClientSession(headers=headers) as http:
-        form = {"channel": "#upgrades", "text": "hi", "blocks": json.dumps(approval_blocks()),
-                "metadata": json.dumps(METADATA)}
+        form = {
+            "channel": "#upgrades",
+            "text": "hi",
+            "blocks": json.dumps(approval_blocks()),
+            "metadata": json.dumps(METADATA),
+        }
         async with http.post(url, data=form) as resp:
             ok = await resp.json()
         async with http.post(url, data={"channel": CHANNEL, "blocks": "{not json"}) as resp:
@@ -307,8 +332,12 @@ async def test_files_upload_v2_shares_the_png_in_the_thread(
     parent = await client.chat_postMessage(channel=CHANNEL, text="gw-a upgraded")
     png = tiny_png()
     done = await client.files_upload_v2(
-        channel=CHANNEL, thread_ts=parent["ts"], file=png, filename="p99.png",
-        title="p99 latency", initial_comment="evidence",
+        channel=CHANNEL,
+        thread_ts=parent["ts"],
+        file=png,
+        filename="p99.png",
+        title="p99 latency",
+        initial_comment="evidence",
     )
     file_id = done["file"]["id"]
     assert done["file"] == {"id": file_id, "title": "p99 latency"}  # Slack returns only these
@@ -320,7 +349,9 @@ async def test_files_upload_v2_shares_the_png_in_the_thread(
     assert thread[1]["text"] == "evidence" and thread[1]["thread_ts"] == parent["ts"]
     assert stub.files[file_id].content == png
     assert [c.method for c in stub.calls][-3:] == [
-        "files.getUploadURLExternal", "upload_url", "files.completeUploadExternal"
+        "files.getUploadURLExternal",
+        "upload_url",
+        "files.completeUploadExternal",
     ]
     headers = {"Authorization": f"Bearer {stub.workspace.bot_token}"}
     async with (
@@ -344,8 +375,9 @@ class Seen:
 
 def bolt_app(stub: SlackStub, seen: Seen, **kwargs: Any) -> AsyncApp:
     """A real bolt app whose every Web API call goes to the stub."""
-    app = AsyncApp(client=AsyncWebClient(token=stub.workspace.bot_token, base_url=stub.api_url),
-                   **kwargs)
+    app = AsyncApp(
+        client=AsyncWebClient(token=stub.workspace.bot_token, base_url=stub.api_url), **kwargs
+    )
 
     @app.command("/upgrade")
     async def on_upgrade(ack: Any, command: dict[str, Any]) -> None:
@@ -441,14 +473,17 @@ async def test_socket_protocol_hello_ack_and_event_redelivery(stub: SlackStub) -
             assert hello["type"] == "hello"
             assert hello["connection_info"] == {"app_id": stub.workspace.app_id}
 
-            payload = stub.users.reaction_added(BOB, CHANNEL, stub.users.say(
-                ALICE, CHANNEL, "hi")["ts"], "eyes")
+            payload = stub.users.reaction_added(
+                BOB, CHANNEL, stub.users.say(ALICE, CHANNEL, "hi")["ts"], "eyes"
+            )
             delivery = asyncio.create_task(
                 stub.socket.deliver("events_api", payload, ack_timeout=0.3)
             )
             first = json.loads((await within(ws.receive())).data)
             assert (first["type"], first["retry_attempt"], first["retry_reason"]) == (
-                "events_api", 0, ""
+                "events_api",
+                0,
+                "",
             )
             assert first["accepts_response_payload"] is False
             retry = json.loads((await within(ws.receive())).data)  # not acked: redelivered
@@ -506,8 +541,9 @@ async def test_bolt_over_signed_http(
     posted = await client.chat_postMessage(channel=CHANNEL, text="ok?", blocks=approval_blocks())
     message = stub.message(CHANNEL, posted["ts"])
     assert message is not None
-    clicked = await sender.send("interactive", stub.users.button_click(BOB, CHANNEL, message,
-                                                                       "approve"))
+    clicked = await sender.send(
+        "interactive", stub.users.button_click(BOB, CHANNEL, message, "approve")
+    )
     assert clicked.status == 200
     await eventually(lambda: seen.actions)
     event = stub.users.reaction_added(BOB, CHANNEL, posted["ts"], "tada")
@@ -522,8 +558,15 @@ async def test_bolt_over_signed_http(
 
 async def test_runs_standalone_and_prints_one_json_line(port: int) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "upgrade_bot.slackstub", "--port", str(port),
-        "--channel", "C0DEMO0001=demo", "--channel", "C0DEMO0002",
+        sys.executable,
+        "-m",
+        "upgrade_bot.slackstub",
+        "--port",
+        str(port),
+        "--channel",
+        "C0DEMO0001=demo",
+        "--channel",
+        "C0DEMO0002",
         stdout=asyncio.subprocess.PIPE,
     )
     try:

@@ -28,12 +28,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(prog="python -m upgrade_bot.slackstub", description=__doc__)
     p.add_argument("--port", type=int, default=0, help="loopback port (0: any free one)")
-    p.add_argument("--channel", action="append", type=_pair, default=None,
-                   metavar="ID[=NAME]", help="a channel (repeatable; default C0UPGRADES=upgrades)")
-    p.add_argument("--user", action="append", type=_pair, default=None,
-                   metavar="ID[=NAME]", help="a user (repeatable; default alice, bob, carol)")
-    p.add_argument("--usergroup", action="append", default=None, metavar="ID=HANDLE:U1,U2",
-                   help="a user group (repeatable; default S0ONCALL01=gateway-oncall:bob,carol)")
+    p.add_argument(
+        "--channel",
+        action="append",
+        type=_pair,
+        default=None,
+        metavar="ID[=NAME]",
+        help="a channel (repeatable; default C0UPGRADES=upgrades)",
+    )
+    p.add_argument(
+        "--user",
+        action="append",
+        type=_pair,
+        default=None,
+        metavar="ID[=NAME]",
+        help="a user (repeatable; default alice, bob, carol)",
+    )
+    p.add_argument(
+        "--usergroup",
+        action="append",
+        default=None,
+        metavar="ID=HANDLE:U1,U2",
+        help="a user group (repeatable; default S0ONCALL01=gateway-oncall:bob,carol)",
+    )
     p.add_argument("--bot-token", default=None)
     p.add_argument("--app-token", default=None)
     p.add_argument("--signing-secret", default=None)

@@ -47,9 +47,7 @@ def parse_blocks_param(raw: Any) -> tuple[list[Any] | None, bool]:
     return raw, True
 
 
-def _text_object(
-    obj: Any, where: str, *, max_len: int, plain_only: bool = False
-) -> list[str]:
+def _text_object(obj: Any, where: str, *, max_len: int, plain_only: bool = False) -> list[str]:
     if not isinstance(obj, dict):
         return [f"must be a text object [json-pointer:{where}]"]
     kind = obj.get("type")

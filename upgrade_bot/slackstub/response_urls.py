@@ -79,9 +79,17 @@ class ResponseUrls:
                     target.uses += 1
                     status, text = self._apply(target, body)
         self.recorder.record(
-            "response_url", "response_url", body, text, status,
-            target=None if target is None else {
-                "kind": target.kind, "channel": target.channel, "user": target.user,
+            "response_url",
+            "response_url",
+            body,
+            text,
+            status,
+            target=None
+            if target is None
+            else {
+                "kind": target.kind,
+                "channel": target.channel,
+                "user": target.user,
                 "message_ts": target.message_ts,
             },
         )

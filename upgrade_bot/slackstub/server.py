@@ -63,8 +63,12 @@ class SlackStub:
         self.faults = Faults()
         self.state = SlackState(self.workspace)
         self.api = WebApi(
-            self.workspace, self.state, self.recorder, self.faults,
-            base_url=lambda: self.url, socket_url=lambda: self.socket.issue_url(self.ws_url),
+            self.workspace,
+            self.state,
+            self.recorder,
+            self.faults,
+            base_url=lambda: self.url,
+            socket_url=lambda: self.socket.issue_url(self.ws_url),
         )
         self.socket = SocketModeServer(self.workspace, self.recorder, ack_timeout=ack_timeout)
         self.socket.on_ack = self._on_socket_ack
@@ -273,15 +277,15 @@ class SlackStub:
 
     async def _h_ephemerals(self, request: web.Request) -> web.Response:
         q = request.query
-        return web.json_response(
-            {"ephemerals": self.ephemerals(q.get("channel"), q.get("user"))}
-        )
+        return web.json_response({"ephemerals": self.ephemerals(q.get("channel"), q.get("user"))})
 
     async def _h_deliver(self, request: web.Request) -> web.Response:
         body = await request.json()
         try:
             ack = await self.socket.deliver(
-                body["type"], body["payload"], ack_timeout=body.get("ack_timeout"),
+                body["type"],
+                body["payload"],
+                ack_timeout=body.get("ack_timeout"),
                 connect_timeout=body.get("connect_timeout"),
             )
         except AckTimeout as e:

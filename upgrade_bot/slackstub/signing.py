@@ -88,7 +88,11 @@ class SignedSender:
     """
 
     def __init__(
-        self, signing_secret: str, url: str, *, stub: SlackStub | None = None,
+        self,
+        signing_secret: str,
+        url: str,
+        *,
+        stub: SlackStub | None = None,
         timeout: float = 30.0,
     ) -> None:
         self.signing_secret = signing_secret
@@ -123,8 +127,10 @@ class SignedSender:
             headers["X-Slack-Retry-Num"] = str(retry_num)
             headers["X-Slack-Retry-Reason"] = retry_reason
         # Recorded before sending so the record keeps the order things happened in.
-        call = None if self.stub is None else self.stub.recorder.record(
-            "http", kind, payload, None, 102, retry_num=retry_num
+        call = (
+            None
+            if self.stub is None
+            else self.stub.recorder.record("http", kind, payload, None, 102, retry_num=retry_num)
         )
         started = time.monotonic()
         timeout = aiohttp.ClientTimeout(total=self.timeout)
@@ -133,9 +139,7 @@ class SignedSender:
             session.post(self.url, data=body.encode(), headers=headers) as resp,
         ):
             text = await resp.text()
-            result = HttpDelivery(
-                resp.status, text, dict(resp.headers), time.monotonic() - started
-            )
+            result = HttpDelivery(resp.status, text, dict(resp.headers), time.monotonic() - started)
         if self.stub is not None and call is not None:
             self._complete(self.stub, call, kind, payload, result)
         return result

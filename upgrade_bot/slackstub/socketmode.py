@@ -212,8 +212,12 @@ class SocketModeServer:
         still counts. Raises :class:`AckTimeout` or :class:`NotConnected`.
         """
         delivery = await self.deliver_envelope(
-            type, payload, ack_timeout=ack_timeout, retries=retries,
-            accepts_response_payload=accepts_response_payload, connect_timeout=connect_timeout,
+            type,
+            payload,
+            ack_timeout=ack_timeout,
+            retries=retries,
+            accepts_response_payload=accepts_response_payload,
+            connect_timeout=connect_timeout,
         )
         return delivery.ack_payload
 

@@ -128,8 +128,10 @@ class SlackState:
         thread_ts = msg.get("thread_ts")
         # A reply is only in the channel's history if broadcast; a reply whose parent does not
         # exist is stored yet visible nowhere (Slack accepts a well-formed unknown thread_ts).
-        return thread_ts is None or thread_ts == msg["ts"] or msg.get("subtype") == (
-            "thread_broadcast"
+        return (
+            thread_ts is None
+            or thread_ts == msg["ts"]
+            or msg.get("subtype") == ("thread_broadcast")
         )
 
     def view(self, channel: str, msg: dict[str, Any], *, include_metadata: bool) -> dict[str, Any]:
@@ -209,9 +211,7 @@ class SlackState:
         entry["count"] = len(entry["users"])
         return None
 
-    def add_ephemeral(
-        self, channel: str, user: str, fields: dict[str, Any]
-    ) -> dict[str, Any]:
+    def add_ephemeral(self, channel: str, user: str, fields: dict[str, Any]) -> dict[str, Any]:
         """Store an ephemeral message only ``user`` sees; returns it (with ``message_ts``)."""
         eph = {"channel": channel, "user": user, "message_ts": self.clock.next(), **fields}
         self.ephemerals.append(eph)

@@ -18,8 +18,14 @@ if TYPE_CHECKING:
 
 WIDTH = 110
 QUIET = {
-    "auth.test", "apps.connections.open", "conversations.history", "conversations.replies",
-    "users.info", "usergroups.users.list", "chat.getPermalink", "files.getUploadURLExternal",
+    "auth.test",
+    "apps.connections.open",
+    "conversations.history",
+    "conversations.replies",
+    "users.info",
+    "usergroups.users.list",
+    "chat.getPermalink",
+    "files.getUploadURLExternal",
     "upload_url",
 }
 
@@ -72,8 +78,10 @@ class _Renderer:
     def api(self, c: Call) -> str | None:
         p, r = c.params, c.response if isinstance(c.response, dict) else {}
         if not c.ok:
-            return f"{self.where(p.get('channel') or p.get('channel_id'))} ! {c.method} failed: " \
+            return (
+                f"{self.where(p.get('channel') or p.get('channel_id'))} ! {c.method} failed: "
                 f"{c.error or c.status}"
+            )
         if c.method in QUIET:
             return None
         channel = r.get("channel") or p.get("channel") or p.get("channel_id")
@@ -96,9 +104,7 @@ class _Renderer:
                 )
             case "files.completeUploadExternal":
                 titles = ", ".join(f.get("title", "?") for f in r.get("files", []))
-                return (
-                    f"{self.where(channel, p.get('thread_ts'))} {self.bot} uploaded {titles}"
-                )
+                return f"{self.where(channel, p.get('thread_ts'))} {self.bot} uploaded {titles}"
         return f"{self.where(channel)} {self.bot} called {c.method}"
 
     def inbound(self, c: Call) -> list[str]:
@@ -109,19 +115,26 @@ class _Renderer:
         lines: list[str] = []
         if c.method == "slash_commands":
             where = self.where(p.get("channel_id"))
-            lines.append(f"{where} {self.who(p.get('user_id'))}: {p.get('command')} "
-                         f"{p.get('text', '')}".rstrip() + via)
+            lines.append(
+                f"{where} {self.who(p.get('user_id'))}: {p.get('command')} "
+                f"{p.get('text', '')}".rstrip()
+                + via
+            )
             if c.status == 102:
                 lines.append(f"{where} … waiting for the app to acknowledge")
             elif c.status >= 400 or (c.kind == "socket" and not c.extra.get("acked", True)):
                 lines.append(f"{where} ! the app did not answer in time (operation_timeout)")
             else:
-                answer = c.response if isinstance(c.response, dict) else (
-                    {"text": c.response} if c.response else {}
+                answer = (
+                    c.response
+                    if isinstance(c.response, dict)
+                    else ({"text": c.response} if c.response else {})
                 )
                 if answer.get("text") or answer.get("blocks"):
-                    seen = "everyone sees" if answer.get("response_type") == "in_channel" else (
-                        f"only {self.who(p.get('user_id'))} sees"
+                    seen = (
+                        "everyone sees"
+                        if answer.get("response_type") == "in_channel"
+                        else (f"only {self.who(p.get('user_id'))} sees")
                     )
                     lines.append(f"{where} ({seen}) {self.bot}: {summary(answer)}")
         elif c.method == "interactive" and p.get("type") == "block_actions":
@@ -129,12 +142,16 @@ class _Renderer:
             where = self.where(container.get("channel_id"), container.get("thread_ts"))
             for action in p.get("actions", []):
                 label = action.get("text", {}).get("text", action.get("action_id"))
-                lines.append(f"{where} {self.who(p.get('user', {}).get('id'))} clicked "
-                             f"[{label}] on {container.get('message_ts')}{via}")
+                lines.append(
+                    f"{where} {self.who(p.get('user', {}).get('id'))} clicked "
+                    f"[{label}] on {container.get('message_ts')}{via}"
+                )
         elif c.method == "events_api" and p.get("event", {}).get("type") == "reaction_added":
             e = p["event"]
-            lines.append(f"{self.where(e['item'].get('channel'))} {self.who(e.get('user'))} "
-                         f"reacted :{e.get('reaction')}: to {e['item'].get('ts')}{via}")
+            lines.append(
+                f"{self.where(e['item'].get('channel'))} {self.who(e.get('user'))} "
+                f"reacted :{e.get('reaction')}: to {e['item'].get('ts')}{via}"
+            )
         elif c.method == "events_api":
             lines.append(f"event {p.get('event', {}).get('type')}{via}")
         else:

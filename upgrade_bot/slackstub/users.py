@@ -81,9 +81,7 @@ class Users:
             "text": text,
             "api_app_id": self._ws.app_id,
             "is_enterprise_install": "false",
-            "response_url": self.stub.response_urls.issue(
-                self.stub.url, "commands", ch.id, who.id
-            ),
+            "response_url": self.stub.response_urls.issue(self.stub.url, "commands", ch.id, who.id),
             "trigger_id": _trigger_id(),
         }
 
@@ -110,8 +108,11 @@ class Users:
             raise ValueError(f"message {message['ts']} is not in {ch.id} (deleted?)")
         shown = message if stale or current is None else current
         found = next(
-            ((b, el) for b, el in _elements(shown.get("blocks", []))
-             if el.get("action_id") == action_id),
+            (
+                (b, el)
+                for b, el in _elements(shown.get("blocks", []))
+                if el.get("action_id") == action_id
+            ),
             None,
         )
         if found is None:
@@ -142,8 +143,12 @@ class Users:
             container["thread_ts"] = shown["thread_ts"]
         return {
             "type": "block_actions",
-            "user": {"id": who.id, "username": who.name, "name": who.name,
-                     "team_id": self._ws.team_id},
+            "user": {
+                "id": who.id,
+                "username": who.name,
+                "name": who.name,
+                "team_id": self._ws.team_id,
+            },
             "api_app_id": self._ws.app_id,
             "token": self._ws.verification_token,
             "container": container,
@@ -207,7 +212,9 @@ class Users:
         """The person posts a message (stored; no event is sent)."""
         ch, who = self._channel(channel), self._ws.user(user)
         fields: dict[str, Any] = {
-            "user": who.id, "text": text, "team": self._ws.team_id,
+            "user": who.id,
+            "text": text,
+            "team": self._ws.team_id,
             "client_msg_id": secrets.token_hex(16),
         }
         if thread_ts:
@@ -224,16 +231,18 @@ class Users:
         return await self.stub.socket.deliver("slash_commands", payload)
 
     async def click(
-        self, user: str, channel: str, message: dict[str, Any], action_id: str,
+        self,
+        user: str,
+        channel: str,
+        message: dict[str, Any],
+        action_id: str,
         value: str | None = None,
     ) -> dict[str, Any] | None:
         """Click the button; returns the ack payload."""
         payload = self.button_click(user, channel, message, action_id, value)
         return await self.stub.socket.deliver("interactive", payload)
 
-    async def react(
-        self, user: str, channel: str, ts: str, reaction: str
-    ) -> dict[str, Any] | None:
+    async def react(self, user: str, channel: str, ts: str, reaction: str) -> dict[str, Any] | None:
         """React to the message; returns the ack payload."""
         payload = self.reaction_added(user, channel, ts, reaction)
         return await self.stub.socket.deliver("events_api", payload)

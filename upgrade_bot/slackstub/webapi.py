@@ -333,8 +333,13 @@ class WebApi:
         return url
 
     def post_message(
-        self, channel: str, content: dict[str, Any], *, thread_ts: str | None = None,
-        metadata: dict[str, Any] | None = None, broadcast: bool = False,
+        self,
+        channel: str,
+        content: dict[str, Any],
+        *,
+        thread_ts: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        broadcast: bool = False,
     ) -> dict[str, Any]:
         """Store a bot message (also used for in_channel response_url posts)."""
         fields = self._bot_fields() | {"text": content.get("text", "")}
@@ -393,7 +398,10 @@ class WebApi:
         metadata = self._metadata(p)
         thread_ts = self._thread_ts(channel, p)
         msg = self.post_message(
-            channel, content, thread_ts=thread_ts, metadata=metadata,
+            channel,
+            content,
+            thread_ts=thread_ts,
+            metadata=metadata,
             broadcast=p.flag("reply_broadcast"),
         )
         return {
@@ -521,7 +529,11 @@ class WebApi:
         self._file_seq += 1
         file_id = f"F0STUB{self._file_seq:05d}"
         self.state.files[file_id] = StoredFile(
-            file_id, name, length, self.ws.bot_user_id, int(time.time()),
+            file_id,
+            name,
+            length,
+            self.ws.bot_user_id,
+            int(time.time()),
             alt_txt=p.text("alt_txt"),
         )
         opaque = secrets.token_urlsafe(18)
@@ -543,7 +555,9 @@ class WebApi:
         stored.content = data
         self._detect_type(stored)
         self.recorder.record(
-            "api", "upload_url", {"file_id": upload.file_id, "bytes": len(data)},
+            "api",
+            "upload_url",
+            {"file_id": upload.file_id, "bytes": len(data)},
             f"OK - {len(data)}",
         )
         return web.Response(text=f"OK - {len(data)}", content_type="text/plain")
@@ -582,8 +596,12 @@ class WebApi:
             f.completed = True
         if channel:
             text = p.text("initial_comment") or ""
-            fields = {"user": self.ws.bot_user_id, "text": text, "upload": True,
-                      "display_as_bot": False}
+            fields = {
+                "user": self.ws.bot_user_id,
+                "text": text,
+                "upload": True,
+                "display_as_bot": False,
+            }
             if thread_ts:
                 fields["thread_ts"] = thread_ts
             msg = self.state.post(channel, fields)

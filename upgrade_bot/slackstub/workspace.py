@@ -169,7 +169,6 @@ class Workspace:
             "channels": {c.id: c.name for c in self.channels.values()},
             "users": {u.id: u.name for u in self.users.values() if not u.is_bot},
             "usergroups": {
-                g.id: {"handle": g.handle, "users": list(g.users)}
-                for g in self.usergroups.values()
+                g.id: {"handle": g.handle, "users": list(g.users)} for g in self.usergroups.values()
             },
         }
