@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from .controlplane import ControlPlaneState, serve_control_plane
-from .fleet import Fleet, FleetError, free_port
+from .fleet import Fleet, FleetError
 from .frontdoor import FrontDoor
 from .spec import SandboxSpec, parse_fault
 from .traffic import TrafficGenerator
@@ -86,6 +86,7 @@ class Sandbox:
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", control_port).start()
         self._runners.append(runner)
+        control_port = int(runner.addresses[0][1])  # 0 asked for any free port
         return {
             "pid": os.getpid(),
             "control_url": f"http://127.0.0.1:{control_port}",
@@ -302,7 +303,7 @@ def main() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    asyncio.run(run(args.dir, args.control_port or free_port()))
+    asyncio.run(run(args.dir, args.control_port))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -34,12 +33,6 @@ SIGNALS = {"SIGQUIT": signal.SIGQUIT, "SIGTERM": signal.SIGTERM, "SIGKILL": sign
 HANDOVER_TIMEOUT_S = 2.0  # see Fleet._wait_handed_over
 HANDOVER_POLL_S = 0.02
 SANDBOX_TAG_ENV = "UPGRADE_BOT_SANDBOX"  # see tagged_processes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class FleetError(Exception):
@@ -179,9 +172,11 @@ class Fleet:
             image=image,
             version=version,
             host=self.host,
-            proxy_port=free_port(),
-            status_port=free_port(),
-            metrics_port=free_port(),
+            # Port 0: each listener binds a free port itself and reports it (no race between
+            # picking a port and binding it).
+            proxy_port=0,
+            status_port=0,
+            metrics_port=0,
         )
         fault = self.spec.fault_for(version)
         args = [
@@ -238,6 +233,13 @@ class Fleet:
             line = await asyncio.wait_for(proc.stdout.readline(), timeout=30)
             if not line:
                 raise FleetError(f"instance {inst.id} exited before listening", status=500)
+            try:
+                listening = json.loads(line)
+                inst.proxy_port = int(listening["proxy_port"])
+                inst.status_port = int(listening["status_port"])
+                inst.metrics_port = int(listening["metrics_port"])
+            except (ValueError, KeyError):
+                raise FleetError(f"instance {inst.id} did not report its ports", 500) from None
         except (TimeoutError, FleetError):
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
