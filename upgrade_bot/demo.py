@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -149,7 +150,11 @@ async def rehearse(args: argparse.Namespace) -> AsyncIterator[Rehearsal]:
             else ""
         )
     )
-    handle = manage.up(Path(args.dir), spec)
+    directory = Path(args.dir)
+    if manage.read_state(directory.resolve()) is None:
+        # A rehearsal starts clean: runs (and group locks) left by an interrupted demo go.
+        shutil.rmtree(directory / manage.REDIS_DIR, ignore_errors=True)
+    handle = manage.up(directory, spec)
     try:
         config = load_config(handle.config_path)
         async with engine_for(config, config_dir=handle.dir, redis_url=handle.redis_url) as engine:
