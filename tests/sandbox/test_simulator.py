@@ -98,7 +98,8 @@ async def background(coro: Awaitable[T]) -> AsyncIterator[asyncio.Future[T]]:
 async def connect_refused(port: int) -> bool:
     try:
         _, writer = await asyncio.open_connection("127.0.0.1", port)
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
+        # A connect reset while the listener closes is the same outcome: never accepted.
         return True
     writer.close()
     with contextlib.suppress(OSError):

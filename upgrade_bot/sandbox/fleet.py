@@ -226,7 +226,6 @@ class Fleet:
             env={**os.environ, SANDBOX_TAG_ENV: self.tag} if self.tag else None,
         )
         inst.pid = proc.pid
-        self.instances[inst.id] = inst
         self._procs[inst.id] = proc
         try:
             assert proc.stdout is not None
@@ -246,6 +245,8 @@ class Fleet:
             inst.state = "exited"
             raise
         inst.state = "running"
+        # Known (to the front door, the control API) only once its ports are.
+        self.instances[inst.id] = inst
         asyncio.get_running_loop().create_task(self._reap(inst.id, proc))
         log.info("started %s (%s) for %s", inst.id, image, slot_id)
         return inst
