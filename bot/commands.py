@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import dataclass, field
 
-VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+from upgrade_bot.engine import is_version
+
 OVERRIDES = ("cp-version", "unhealthy")
 
 USAGE = {
@@ -95,7 +95,7 @@ def _plan_or_start(action: str, args: list[str], usage: str) -> Request:
     if not args:
         raise ParseError("Which version? e.g. `3.8.1`.", usage)
     version, rest = args[0], args[1:]
-    if not VERSION.match(version):
+    if not is_version(version):
         raise ParseError(f"`{version}` is not a version like 3.8.1.", usage)
     groups: list[str] = []
     overrides: list[str] = []

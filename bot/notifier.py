@@ -126,8 +126,10 @@ class Notifier:
         """Deliver what is new for one run; True once everything up to its end is delivered."""
         cursor = await self.engine.cursor(CONSUMER, run_id)
         events = await self.engine.events(run_id, after=cursor)
-        run = await self.engine.status(run_id)
         thread = self.threads.get(run_id)
+        if not events and thread is not None and not thread.dirty:
+            return thread.done  # nothing new: no need to read the record
+        run = await self.engine.status(run_id)
         if thread is not None:
             await self._flush(run, thread)
         if not events:
@@ -181,6 +183,8 @@ class Notifier:
                 thread.posted[f"event:{event_id}"] = event
         if kind == "changelog_acknowledged":
             thread.dirty.update(k for k, e in thread.posted.items() if e["type"] == "changelog")
+        if kind in TERMINAL_EVENTS:
+            thread.done = True
         if kind in RUN_STATE_EVENTS or kind in TERMINAL_EVENTS:
             thread.dirty.add("run")
             if group:

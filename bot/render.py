@@ -656,21 +656,6 @@ def _slot_state_lines(table: Iterable[Mapping[str, Any]], only: Sequence[str] = 
     return [msg.slot_states_line(g, dict(states)) for g, states in per_group.items()]
 
 
-def _table(run: Run) -> list[dict[str, Any]]:
-    """The engine's per-slot table, rebuilt from the record (rollback_started carries none)."""
-    return [
-        {
-            "group": gname,
-            "slot": s.id,
-            "status": s.status,
-            "version": s.current_version,
-            "image": s.current_image,
-            "previous_image": s.previous_image,
-        }
-        for gname, s in run.slots()
-    ]
-
-
 def _rollback_started(c: _Ctx) -> Message:
     e = c.event
     groups = list(e.get("groups") or [])
@@ -679,7 +664,7 @@ def _rollback_started(c: _Ctx) -> Message:
     )
     blocks: list[Block] = [_header(msg.ROLLBACK_STARTED_HEADER), _section(body, c.hint)]
     if c.run is not None:
-        blocks += _sections(_slot_state_lines(_table(c.run), groups), c.hint, MAX_BLOCKS - 3)
+        blocks += _sections(_slot_state_lines(c.run.slot_table(), groups), c.hint, MAX_BLOCKS - 3)
     blocks.append(_context(msg.run_context(c.run) if c.run else msg.run_ref(c.run_id), hint=c.hint))
     return c.post(*blocks, text=f"{msg.ROLLBACK_STARTED_HEADER}: {msg.esc(e.get('reason', ''))}")
 

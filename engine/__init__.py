@@ -25,6 +25,7 @@ from .model import (
 )
 from .runner import DriveResult, LeaseBusy, LeaseLost
 from .schema import Unresumable
+from .versions import Version, is_version
 
 __all__ = [
     "ABORTED",
@@ -57,6 +58,8 @@ __all__ = [
     "SlotRun",
     "TemporaryError",
     "Unresumable",
+    "Version",
+    "is_version",
     "load_config",
     "parse_config",
 ]

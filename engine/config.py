@@ -7,7 +7,6 @@ key path and what is expected, never a stack trace.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -15,8 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
-
-VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
+from .versions import is_version
 
 
 class Model(BaseModel):
@@ -136,7 +134,7 @@ class Image(Model):
     @classmethod
     def _versions_are_versions(cls, tags: dict[str, str]) -> dict[str, str]:
         for version in tags:
-            if not VERSION_RE.match(str(version)):
+            if not is_version(str(version)):
                 raise ValueError(f"'{version}' is not a version like 3.8.1")
         return tags
 

@@ -12,7 +12,6 @@ half-replaced, and every outcome is counted exactly once.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -814,24 +813,10 @@ def _rollback_failed(acc: _Acc, error: str) -> None:
         "rollback_failed",
         error=error,
         fleet=acc.run.mixed_fleet(),
-        slots=_slot_table(acc.run),
+        slots=acc.run.slot_table(),
         page=True,
     )
     _finish(acc, FAILED, f"rollback failed: {error}")
-
-
-def _slot_table(run: Run) -> list[dict[str, Any]]:
-    return [
-        {
-            "group": gname,
-            "slot": s.id,
-            "status": s.status,
-            "version": s.current_version,
-            "image": s.current_image,
-            "previous_image": s.previous_image,
-        }
-        for gname, s in run.slots()
-    ]
 
 
 def _fail(acc: _Acc, reason: str) -> None:
@@ -842,7 +827,7 @@ def _finish(acc: _Acc, state: str, reason: str) -> None:
     acc.set(
         state=state, reason=reason, pending=None, hold=None, finished_at=acc.now, paused_from=None
     )
-    acc.emit(f"run_{state}", reason=reason, fleet=acc.run.mixed_fleet(), slots=_slot_table(acc.run))
+    acc.emit(f"run_{state}", reason=reason, fleet=acc.run.mixed_fleet(), slots=acc.run.slot_table())
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -1170,7 +1155,6 @@ __all__ = [
     "Outcome",
     "Tick",
     "allowed",
-    "dataclasses",
     "decide",
     "initial_run",
 ]

@@ -237,6 +237,20 @@ class Run(Record):
     def slots(self) -> list[tuple[str, SlotRun]]:
         return [(g.name, s) for g in self.groups for s in g.slots]
 
+    def slot_table(self) -> list[dict[str, Any]]:
+        """Every slot's state as a table (group, slot, status, version, image, previous)."""
+        return [
+            {
+                "group": gname,
+                "slot": s.id,
+                "status": s.status,
+                "version": s.current_version,
+                "image": s.current_image,
+                "previous_image": s.previous_image,
+            }
+            for gname, s in self.slots()
+        ]
+
     def mixed_fleet(self) -> dict[str, list[str]]:
         """Version → slots, as the record knows them."""
         out: dict[str, list[str]] = {}

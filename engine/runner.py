@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -39,13 +40,8 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    def __init__(self) -> None:
-        import time
-
-        self._time = time.time
-
     def now(self) -> float:
-        return self._time()
+        return time.time()
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))

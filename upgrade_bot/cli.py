@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import headless
-from .engine import EngineError, LeaseBusy, Refused, Unresumable
+from .engine import EngineError, LeaseBusy, Refused, Unresumable, Version, is_version
 from .engine.config import load_config
 from .engine.errors import ConfigError, GroupBusy
 from .sandbox import manage
@@ -31,8 +31,7 @@ class CliError(Exception):
 
 
 def _version(text: str) -> str:
-    parts = text.split(".")
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+    if not is_version(text):
         raise argparse.ArgumentTypeError(f"'{text}' is not a version like 3.8.1")
     return text
 
@@ -116,12 +115,8 @@ def sandbox_spec(args: argparse.Namespace) -> SandboxSpec:
         faults=faults,
         rate_per_s=args.rate,
         latency_ms=args.latency_ms,
-        cp_version=args.cp_version or max(args.version, "3.8.1", key=_version_key),
+        cp_version=args.cp_version or str(max(Version(args.version), Version("3.8.1"))),
     )
-
-
-def _version_key(v: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in v.split("."))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

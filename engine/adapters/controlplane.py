@@ -29,8 +29,8 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGES = 10_000
 
 
-def display_url(url: str) -> str:
-    """``url`` without user info, query or fragment: safe for messages and logs."""
+def host_port(url: str) -> str:
+    """host:port of ``url``, without credentials, path or query: safe for messages and logs."""
     try:
         parts = urlsplit(url)
         host = parts.hostname or "?"
@@ -39,7 +39,15 @@ def display_url(url: str) -> str:
         return "an invalid URL"
     if ":" in host:
         host = f"[{host}]"
-    netloc = f"{host}:{port}" if port else host
+    return f"{host}:{port}" if port else host
+
+
+def display_url(url: str) -> str:
+    """``url`` without user info, query or fragment: safe for messages and logs."""
+    netloc = host_port(url)
+    if netloc == "an invalid URL":
+        return netloc
+    parts = urlsplit(url)
     return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
 
 

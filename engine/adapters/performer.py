@@ -21,7 +21,7 @@ from ..config import Config
 from ..decide import Failure, Outcome
 from ..errors import PermanentError, TemporaryError
 from ..model import Pending, Run, _build
-from ..runner import resolve_outcome
+from ..runner import SystemClock, resolve_outcome
 from .changelog_source import read_source
 from .controlplane import ControlPlaneClient
 from .hooks import run_backup
@@ -49,12 +49,10 @@ class EffectPerformer:
         self.http = http or httpx.AsyncClient(timeout=10.0)
         self.cp = cp
         self.base_dir = base_dir
-        self.clock = clock
+        self.clock = clock or SystemClock()
 
     def _now(self) -> float:
-        import time
-
-        return self.clock.now() if self.clock else time.time()
+        return float(self.clock.now())
 
     def backend(self, group: str) -> Backend:
         try:

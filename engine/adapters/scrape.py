@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Mapping
-from urllib.parse import urlsplit
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from ..errors import PermanentError, TemporaryError
 from ..metrics import InstanceSample, Snapshot, merge_buckets
+from .controlplane import host_port
 
 METRICS_PATH = "/apisix/prometheus/metrics"
 
@@ -100,21 +100,8 @@ def parse_metrics(text: str, instance_id: str) -> InstanceSample:
     )
 
 
-def _where(url: str) -> str:
-    """host:port of ``url`` -- no credentials, path or query -- for error messages."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or "?"
-        port = parts.port
-    except ValueError:
-        return "an invalid URL"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{host}:{port}" if port else host
-
-
 async def _scrape_one(instance_id: str, base_url: str, client: httpx.AsyncClient) -> InstanceSample:
-    where = _where(base_url)
+    where = host_port(base_url)
     url = base_url.rstrip("/") + METRICS_PATH
     try:
         resp = await client.get(url)
