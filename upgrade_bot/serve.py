@@ -28,6 +28,7 @@ from .bot.usergroups import UserGroups
 from .engine import Engine, LeaseBusy, LeaseLost
 from .engine.config import Config, load_config
 from .engine.errors import ConfigError
+from .engine.runner import Clock
 from .wiring import engine_for, redis_url_for
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,9 @@ async def serve(
     stop: asyncio.Event | None = None,
     on_ready: Callable[[dict[str, object]], Awaitable[None]] | None = None,
     environ: dict[str, str] | None = None,
+    clock: Clock | None = None,
 ) -> None:
+    """Serve until ``stop`` is set. ``clock`` (tests) injects the engine's time."""
     config = load_config(config_path)
     settings: SlackSettings = slack_settings(config.slack, str(config_path))
     secrets = SlackSecrets.from_env(http=http, environ=environ)
@@ -136,6 +139,7 @@ async def serve(
         config_dir=config_path.resolve().parent,
         redis_url=redis_url,
         identity=env.get("UPGRADE_BOT_IDENTITY") or None,
+        clock=clock,
     ) as engine:
         client = web_client(secrets.bot_token, secrets.api_url)
         principals = [
