@@ -232,7 +232,7 @@ def run_message(run: Run) -> Message:
     hint = msg.see_thread()
     blocks = _run_blocks(run, hint, reserve=1)
     blocks.append(_context(msg.run_context(run), hint=hint))
-    meta = Metadata(event_type=META_RUN, event_payload={"run_id": run.id})
+    meta = Metadata(event_type=META_RUN, event_payload={"run_id": run.id, "state": run.state})
     return _message(msg.run_headline(run), blocks, meta, hint)
 
 
@@ -393,7 +393,14 @@ def _gate_message(
     reasons = msg.reasons(view.verdict.get("reasons") or [])
     ids = msg.gate_ids(view.run.id, view.gate_id)
     meta = Metadata(
-        event_type=META_GATE, event_payload={"run_id": view.run.id, "gate_id": view.gate_id}
+        event_type=META_GATE,
+        event_payload={
+            "run_id": view.run.id,
+            "gate_id": view.gate_id,
+            "verdict": str(view.verdict.get("phase") or ""),
+            "recommend": view.recommend,
+            "decision": decided.decision if decided is not None else "",
+        },
     )
     if decided is not None:
         outcome = msg.gate_decision(decided.decision, decided.decided_by, decided.decided_at)

@@ -1,4 +1,5 @@
-"""``upgrade-bot demo``: the full rehearsal on the sandbox, judged by its report.
+"""``upgrade-bot demo``: the full rehearsal on the sandbox through the real bot in the Slack
+stand-in, judged by its report and by what it printed and what the stand-in recorded.
 
 The default demo and two bad releases go through the real CLI in a subprocess, as a user runs
 them. The ``errors`` release runs in-process through ``run_demo`` (the same function the CLI
@@ -45,7 +46,8 @@ RATIO_TOLERANCE = 0.03
 
 
 def demo_cli(tmp_path: Path, *extra: str) -> dict[str, Any]:
-    """Run ``python -m upgrade_bot demo`` to its end; return its JSON report."""
+    """Run ``python -m upgrade_bot demo`` to its end; return its JSON report (with its printed
+    output under ``"stdout"``)."""
     directory, report = tmp_path / "demo", tmp_path / "report.json"
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     try:
@@ -73,6 +75,7 @@ def demo_cli(tmp_path: Path, *extra: str) -> dict[str, Any]:
     assert proc.returncode == 0, output
     assert not leftover, "the demo left its sandbox up\n" + output
     data: dict[str, Any] = json.loads(report.read_text())
+    data["stdout"] = proc.stdout
     return data
 
 
@@ -114,6 +117,20 @@ def test_default_demo_upgrades_every_slot_once_without_a_failed_request(
     assert report["duration_s"] > 0
     floor = MIN_RATE_PER_S * report["duration_s"] * RATE_MARGIN
     assert report["requests_total"] >= floor, (report["requests_total"], floor)
+
+    # The run went through the bot in Slack: alice typed the command and acknowledged the
+    # changelog, bob clicked Approve once per group; the transcript printed shows it as it
+    # happened, and the bot's Web API calls all succeeded.
+    lines = report["stdout"].splitlines()
+    assert any("@alice: /upgrade start 3.8.1" in line for line in lines), lines[:10]
+    assert sum("@alice clicked [Acknowledge]" in line for line in lines) == 1
+    assert sum("@bob clicked [Approve]" in line for line in lines) == len(GROUPS)
+    assert any("Upgrade to 3.8.1 completed" in line for line in lines)
+    slack = report["slack"]
+    assert slack["failed_calls"] == 0, slack
+    assert slack["deliveries"]["slash_commands"] == 1, slack
+    assert slack["deliveries"]["interactive"] == len(GROUPS) + 1, slack
+    assert slack["calls"]["chat.postMessage"] >= 1 + 2 * len(GROUPS), slack
 
 
 @pytest.mark.parametrize("kind", ["never-ready", "latency"])
@@ -206,3 +223,31 @@ async def test_errors_release_verdict_matches_the_traffic_and_the_report_the_rec
     assert reported == recorded
     for i in report["groups"][0]["instances"]:
         assert (i["replacements"], i["restorations"]) == (1, 1), i
+
+    # In Slack: bob read the FAIL verdict on the gate and clicked Roll back; the gate message
+    # was edited in place to say so; the run message ends rolled back; nothing posted twice.
+    stub = rehearsal.slack
+    clicks = [
+        c.params["actions"][0]["action_id"]
+        for c in stub.timeline
+        if c.kind == "socket" and c.method == "interactive"
+    ]
+    assert clicks == ["changelog_ack", "gate_rollback"], clicks
+    gates = [
+        m
+        for m in stub.messages("C0UPGRADES", include_replies=True)
+        if (m.get("metadata") or {}).get("event_type") == "upgrade_gate"
+    ]
+    assert len(gates) == 1 and gates[0]["metadata"]["event_payload"]["verdict"] == "fail"
+    assert "Rolled back by" in gates[0]["text"] and "U0BOB00002" in gates[0]["text"], gates[0]
+    runs = [
+        m
+        for m in stub.messages("C0UPGRADES")
+        if (m.get("metadata") or {}).get("event_type") == "upgrade_run"
+    ]
+    assert [m["metadata"]["event_payload"]["state"] for m in runs] == ["rolled_back"]
+    posted = [
+        json.dumps(c.params.get("metadata"), sort_keys=True)
+        for c in stub.calls_of("chat.postMessage")
+    ]
+    assert len(posted) == len(set(posted)), "a message was posted twice"

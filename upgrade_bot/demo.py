@@ -1,14 +1,18 @@
-"""``upgrade-bot demo``: the full runbook on the sandbox, with a scripted approver.
+"""``upgrade-bot demo``: the full runbook on the sandbox, driven through the real bot in Slack.
 
-The sandbox comes up under steady traffic; a run upgrades every group through the engine; a
-scripted on-call approver approves a ``pass`` verdict and rolls back on anything else, as a
-careful person would; the transcript is rendered from the run's durable event stream; the report
-compares the engine's record with the sandbox's own observed truth.
+The sandbox comes up under steady traffic; the Slack stand-in comes up and the real bot
+(``serve``, slack-bolt over Socket Mode) connects to it; scripted people act in the channel —
+the requester types ``/upgrade start``, acknowledges the changelog; the on-call engineer clicks
+Approve on a ``pass`` verdict and Roll back on anything else, as a careful person would. The
+transcript printed is the stand-in's record of what the bot posted and what people did; the
+report compares the engine's record with the sandbox's own observed truth.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import shutil
 import time
@@ -18,16 +22,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .engine import PAUSED, WAITING, Command, Engine, Run
+from .bot.settings import slack_settings
+from .engine import Run
 from .engine.config import load_config
-from .headless import EXIT_COMPLETED, EXIT_FAILED, EXIT_ROLLED_BACK, drive_with_transcript
+from .headless import EXIT_COMPLETED, EXIT_FAILED, EXIT_ROLLED_BACK
 from .sandbox import manage
 from .sandbox.spec import SandboxSpec, group_names, parse_fault
+from .serve import serve
+from .slackstub import SlackStub
 from .wiring import engine_for
 
-REQUESTER = "demo-requester"
-APPROVER = "demo-oncall"
+REQUESTER = "U0ALICE001"  # alice, in the Slack stand-in's workspace
+APPROVER = "U0BOB00002"  # bob, on call (user group S0ONCALL01)
 BAD_RELEASES = ("never-ready", "errors", "latency")
+ENDED = frozenset({"completed", "rolled_back", "failed", "aborted"})
 
 
 def add_arguments(demo: argparse.ArgumentParser, version_type: Any, positive: Any) -> None:
@@ -39,31 +47,102 @@ def add_arguments(demo: argparse.ArgumentParser, version_type: Any, positive: An
     demo.add_argument("--bad-release", choices=BAD_RELEASES, default=None)
     demo.add_argument("--report", type=Path, default=None)
     demo.add_argument("--rate", type=float, default=150.0)
+    demo.add_argument(
+        "--quiet", action="store_true", help="print only the report, not the live transcript"
+    )
 
 
-async def scripted_approver(engine: Engine, run_id: str) -> Run:
-    """Drive the run; at each gate approve a pass, roll back anything else."""
-    while True:
-        run = await drive_with_transcript(engine, run_id)
-        if run.terminal:
-            return run
-        if run.state == WAITING and run.gate is not None:
-            verdict = run.gate.verdict
-            action = "approve" if verdict == "pass" else "rollback"
-            reason = None if action == "approve" else f"verdict {verdict}: not approving"
-            decision = await engine.command(
-                run_id, Command(action, APPROVER, gate_id=run.gate.id, reason=reason)
-            )
-        elif run.state == WAITING:
-            decision = await engine.command(run_id, Command("acknowledge", REQUESTER))
-        elif run.state == PAUSED:
-            decision = await engine.command(
-                run_id, Command("rollback", APPROVER, reason=f"paused: {run.reason}")
-            )
-        else:
-            continue
-        if decision.refusal:
-            raise RuntimeError(f"the scripted approver was refused: {decision.refusal}")
+class ScriptedPeople:
+    """Alice (who asks for the upgrade) and Bob (on call), acting in the Slack stand-in as
+    people do: typing the command, clicking the buttons they see, reading what the bot posted.
+
+    Bob approves a gate whose verdict is ``pass`` and rolls back anything else, as a careful
+    on-call engineer would; a run that pauses by itself is rolled back by command.
+    """
+
+    def __init__(self, stub: SlackStub, channel: str, poll_s: float = 0.1) -> None:
+        self.stub = stub
+        self.channel = channel
+        self.poll_s = poll_s
+        self.clicked: set[str] = set()
+
+    def run_message(self) -> dict[str, Any] | None:
+        for message in self.stub.messages(self.channel):
+            if _meta(message).get("event_type") == "upgrade_run":
+                return message
+        return None
+
+    def thread(self) -> list[dict[str, Any]]:
+        top = self.run_message()
+        return self.stub.thread(self.channel, top["ts"])[1:] if top else []
+
+    async def upgrade(self, version: str, timeout_s: float = 900) -> str:
+        """Ask for the upgrade, see it through to its end; returns the run ID."""
+        answer = await self.stub.users.run_command(REQUESTER, self.channel, f"start {version}")
+        if answer and answer.get("text"):
+            raise DemoError(f"the bot refused the command: {answer['text']}")
+        deadline = time.monotonic() + timeout_s
+        rolled_back_by_command = False
+        while time.monotonic() < deadline:
+            top = self.run_message()
+            payload = _payload(top)
+            if payload.get("state") in ENDED:
+                return str(payload["run_id"])
+            refusal = self._latest_refusal()
+            if refusal:
+                raise DemoError(f"the bot refused a scripted person: {refusal}")
+            for message in self.thread():
+                await self._act_on(message)
+            if payload.get("state") == "paused" and not rolled_back_by_command:
+                rolled_back_by_command = True
+                await self.stub.users.run_command(
+                    APPROVER, self.channel, f'rollback {payload["run_id"]} "paused: rolling back"'
+                )
+            await asyncio.sleep(self.poll_s)
+        raise DemoError(f"the run did not end within {timeout_s:g}s")
+
+    async def _act_on(self, message: dict[str, Any]) -> None:
+        actions = _buttons(message)
+        key = f"{message['ts']}:" + ",".join(sorted(actions))
+        if not actions or key in self.clicked:
+            return
+        payload = _payload(message)
+        if "changelog_ack" in actions:
+            self.clicked.add(key)
+            await self.stub.users.click(REQUESTER, self.channel, message, "changelog_ack")
+        elif "gate_approve" in actions and payload.get("verdict"):
+            self.clicked.add(key)
+            action = "gate_approve" if payload["verdict"] == "pass" else "gate_rollback"
+            await self.stub.users.click(APPROVER, self.channel, message, action)
+
+    def _latest_refusal(self) -> str | None:
+        for user in (REQUESTER, APPROVER):
+            for answer in self.stub.ephemerals(self.channel, user):
+                text = answer.get("text", "")
+                if text.startswith(":no_entry"):
+                    return text
+        return None
+
+
+class DemoError(RuntimeError):
+    """The rehearsal could not be carried out (not: the upgrade went wrong)."""
+
+
+def _meta(message: dict[str, Any] | None) -> dict[str, Any]:
+    return (message or {}).get("metadata") or {}
+
+
+def _payload(message: dict[str, Any] | None) -> dict[str, Any]:
+    return _meta(message).get("event_payload") or {}
+
+
+def _buttons(message: dict[str, Any]) -> set[str]:
+    return {
+        element["action_id"]
+        for block in message.get("blocks", [])
+        if block.get("type") == "actions"
+        for element in block.get("elements", [])
+    }
 
 
 def build_report(
@@ -116,6 +195,8 @@ class Rehearsal:
     report: dict[str, Any]
     """``build_report``: the run compared with the sandbox's observed truth."""
     sandbox: manage.SandboxHandle
+    slack: SlackStub
+    """The Slack stand-in (stopped): every Web API call the bot made is in its record."""
 
 
 def demo_spec(args: argparse.Namespace) -> SandboxSpec:
@@ -134,8 +215,56 @@ def demo_spec(args: argparse.Namespace) -> SandboxSpec:
 
 
 @asynccontextmanager
+async def bot_serving(handle: manage.SandboxHandle, stub: SlackStub) -> AsyncIterator[None]:
+    """The real bot (``serve``) over Socket Mode against the stand-in, for the block's length."""
+    environ = {
+        "SLACK_BOT_TOKEN": stub.workspace.bot_token,
+        "SLACK_APP_TOKEN": stub.workspace.app_token,
+        "SLACK_API_URL": stub.api_url,
+        "REDIS_URL": handle.redis_url,
+        "UPGRADE_BOT_IDENTITY": "demo-bot",
+    }
+    stop, ready = asyncio.Event(), asyncio.Event()
+
+    async def on_ready(info: dict[str, object]) -> None:
+        ready.set()
+
+    task = asyncio.create_task(
+        serve(handle.config_path, stop=stop, on_ready=on_ready, environ=environ)
+    )
+    waiter = asyncio.create_task(ready.wait())
+    try:
+        await asyncio.wait({task, waiter}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()  # serve could not start: its error, as it is
+        if not ready.is_set():
+            raise DemoError("the bot did not connect to the Slack stand-in within 60s")
+        yield
+    finally:
+        waiter.cancel()
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 60)
+
+
+async def follow(stub: SlackStub, stop: asyncio.Event, interval_s: float = 0.2) -> None:
+    """Print the stand-in's transcript as it grows (what people in the channel would see)."""
+    shown = 0
+    while True:
+        lines = stub.transcript()
+        for line in lines[shown:]:
+            print(line, flush=True)
+        shown = len(lines)
+        if stop.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
+
+
+@asynccontextmanager
 async def rehearse(args: argparse.Namespace) -> AsyncIterator[Rehearsal]:
-    """Bring the sandbox up, carry out the run with the scripted approver, report.
+    """Bring the sandbox and the Slack stand-in up, run the real bot against them, have the
+    scripted people carry out the upgrade in Slack, report.
 
     The sandbox stays up while the caller's block runs (so that it can still be asked about
     what happened) and is taken down when the block ends, whatever happened.
@@ -155,18 +284,52 @@ async def rehearse(args: argparse.Namespace) -> AsyncIterator[Rehearsal]:
         # A rehearsal starts clean: runs (and group locks) left by an interrupted demo go.
         shutil.rmtree(directory / manage.REDIS_DIR, ignore_errors=True)
     handle = manage.up(directory, spec)
+    stub = SlackStub()
     try:
         config = load_config(handle.config_path)
+        settings = slack_settings(config.slack, str(handle.config_path))
+        await stub.start()
+        print(
+            f"slack: the bot connects over Socket Mode to the local Slack stand-in at "
+            f"{stub.url}; {stub.workspace.user(REQUESTER).name} asks for the upgrade, "
+            f"{stub.workspace.user(APPROVER).name} (on call) decides at each gate\n"
+        )
+        printed = asyncio.Event()
+        printer = None if args.quiet else asyncio.create_task(follow(stub, printed))
+        try:
+            async with bot_serving(handle, stub):
+                traffic_before = handle.status()["traffic"]
+                started = time.monotonic()
+                run_id = await ScriptedPeople(stub, settings.channel).upgrade(args.to_version)
+                duration = time.monotonic() - started
+        finally:
+            printed.set()
+            if printer is not None:
+                await printer
+            await stub.stop()
         async with engine_for(config, config_dir=handle.dir, redis_url=handle.redis_url) as engine:
-            traffic_before = handle.status()["traffic"]
-            started = time.monotonic()
-            run = await engine.start(args.to_version, requester=REQUESTER)
-            run = await scripted_approver(engine, run.id)
-            duration = time.monotonic() - started
+            run = await engine.status(run_id)
         report = build_report(run, handle.status(), traffic_before, duration)
-        yield Rehearsal(run=run, report=report, sandbox=handle)
+        report["slack"] = slack_summary(stub)
+        yield Rehearsal(run=run, report=report, sandbox=handle, slack=stub)
     finally:
         manage.down(handle.dir)
+
+
+def slack_summary(stub: SlackStub) -> dict[str, Any]:
+    """What the bot did in Slack, from the stand-in's record of its Web API calls."""
+    by_method: dict[str, int] = {}
+    for call in stub.calls:
+        if call.method.startswith(("chat.", "reactions.", "files.", "conversations.")):
+            by_method[call.method] = by_method.get(call.method, 0) + 1
+    return {
+        "calls": dict(sorted(by_method.items())),
+        "failed_calls": sum(1 for c in stub.calls if not c.ok),
+        "deliveries": {
+            kind: sum(1 for c in stub.timeline if c.kind == "socket" and c.method == kind)
+            for kind in ("slash_commands", "interactive", "events_api")
+        },
+    }
 
 
 def exit_status(report: dict[str, Any], bad_release: str | None) -> int:

@@ -151,6 +151,10 @@ def up(
     )
 
 
+SANDBOX_CHANNEL = "C0UPGRADES"
+SANDBOX_APPROVERS = ("S0ONCALL01", "oncall")
+
+
 def bot_config(
     spec: SandboxSpec,
     state: dict[str, Any],
@@ -203,7 +207,17 @@ def bot_config(
             # The gateway's own mock route: it proves the instance serves, while the metric
             # verdict judges the proxied traffic.
             "smoke": {"path": "/smoke", "expect_status": [200], "count": 3},
+            # The on-call user group of the Slack stand-in (bob, carol), and `--as oncall` for
+            # the headless CLI.
+            "policy": {
+                "approve": list(SANDBOX_APPROVERS),
+                "resume": list(SANDBOX_APPROVERS),
+                "abort": list(SANDBOX_APPROVERS),
+            },
         },
+        # The channel of the Slack stand-in's workspace (`upgrade-bot demo`,
+        # `python -m upgrade_bot.slackstub`).
+        "slack": {"channel": SANDBOX_CHANNEL},
     }
 
 

@@ -8,10 +8,12 @@ Read-only calls (history, users.info, auth.test, …) are left out.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from .blocks import parse_blocks_param
 from .recorder import Call
+from .workspace import Workspace
 
 if TYPE_CHECKING:
     from .server import SlackStub
@@ -56,17 +58,43 @@ def _first_text(blocks: list[Any] | None) -> str:
     return ""
 
 
-def summary(params: dict[str, Any]) -> str:
+_REFERENCE = re.compile(r"<([@#!][^>|]*)(?:\|([^>]*))?>")
+
+
+def as_shown(text: str, workspace: Workspace | None = None) -> str:
+    """Slack's mrkdwn references as a Slack client shows them: ``<@U…>`` → @name, ``<#C…>`` →
+    #name, ``<!subteam^S…>`` → @handle, ``<!date^…|fallback>`` → the fallback."""
+
+    def one(m: re.Match[str]) -> str:
+        ref, label = m.group(1), m.group(2)
+        if label:
+            return label if ref.startswith("!date") else ref[0] + label
+        if ref.startswith("@") and workspace is not None:
+            return "@" + workspace.user(ref[1:]).name
+        if ref.startswith("#") and workspace is not None:
+            return "#" + workspace.channel_name(ref[1:])
+        if ref.startswith("!subteam^") and workspace is not None:
+            group = workspace.usergroups.get(ref.removeprefix("!subteam^"))
+            return "@" + group.handle if group is not None else ref
+        return ref if ref.startswith(("@", "#")) else "@" + ref[1:]
+
+    return _REFERENCE.sub(one, text)
+
+
+def summary(params: dict[str, Any], workspace: Workspace | None = None) -> str:
     """A message's gist: its text (or first block text) and its buttons."""
     blocks, _ = parse_blocks_param(params.get("blocks"))
     text = params.get("text") or _first_text(blocks) or "(no text)"
-    return _clip(str(text)) + _buttons(blocks)
+    return _clip(as_shown(str(text), workspace)) + _buttons(blocks)
 
 
 class _Renderer:
     def __init__(self, stub: SlackStub) -> None:
         self.ws = stub.workspace
         self.bot = self.ws.bot_name
+
+    def gist(self, params: dict[str, Any]) -> str:
+        return summary(params, self.ws)
 
     def who(self, user_id: str | None) -> str:
         return "@" + self.ws.user(user_id).name if user_id else "@someone"
@@ -87,15 +115,15 @@ class _Renderer:
         channel = r.get("channel") or p.get("channel") or p.get("channel_id")
         match c.method:
             case "chat.postMessage":
-                return f"{self.where(channel, p.get('thread_ts'))} {self.bot}: {summary(p)}"
+                return f"{self.where(channel, p.get('thread_ts'))} {self.bot}: {self.gist(p)}"
             case "chat.update":
-                return f"{self.where(channel)} {self.bot} edited {p.get('ts')}: {summary(p)}"
+                return f"{self.where(channel)} {self.bot} edited {p.get('ts')}: {self.gist(p)}"
             case "chat.delete":
                 return f"{self.where(channel)} {self.bot} deleted {p.get('ts')}"
             case "chat.postEphemeral":
                 return (
                     f"{self.where(channel, p.get('thread_ts'))} (only {self.who(p.get('user'))} "
-                    f"sees) {self.bot}: {summary(p)}"
+                    f"sees) {self.bot}: {self.gist(p)}"
                 )
             case "reactions.add":
                 return (
@@ -136,7 +164,7 @@ class _Renderer:
                         if answer.get("response_type") == "in_channel"
                         else (f"only {self.who(p.get('user_id'))} sees")
                     )
-                    lines.append(f"{where} ({seen}) {self.bot}: {summary(answer)}")
+                    lines.append(f"{where} ({seen}) {self.bot}: {self.gist(answer)}")
         elif c.method == "interactive" and p.get("type") == "block_actions":
             container = p.get("container", {})
             where = self.where(container.get("channel_id"), container.get("thread_ts"))
@@ -167,10 +195,10 @@ class _Renderer:
         if p.get("delete_original"):
             return f"{where} {self.bot} deleted {target.get('message_ts')} (response_url)"
         if p.get("replace_original"):
-            return f"{where} {self.bot} replaced {target.get('message_ts')}: {summary(p)}"
+            return f"{where} {self.bot} replaced {target.get('message_ts')}: {self.gist(p)}"
         if p.get("response_type") == "in_channel":
-            return f"{where} {self.bot}: {summary(p)} (response_url)"
-        return f"{where} (only {self.who(target.get('user'))} sees) {self.bot}: {summary(p)}"
+            return f"{where} {self.bot}: {self.gist(p)} (response_url)"
+        return f"{where} (only {self.who(target.get('user'))} sees) {self.bot}: {self.gist(p)}"
 
 
 def transcript(stub: SlackStub) -> list[str]:
