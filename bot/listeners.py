@@ -14,12 +14,14 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from upgrade_bot.engine import (
     Command,
+    Decision,
     Duplicate,
     Engine,
     EngineError,
     GroupBusy,
     Refused,
     TemporaryError,
+    UnknownRun,
 )
 
 from . import messages, render
@@ -75,12 +77,16 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
             await _handle_command(ctx, client, request, user, channel, dedupe)
         except Duplicate:
             log.info("duplicate delivery of a command from %s ignored", user)
+        except UnknownRun as exc:
+            await _ephemeral(
+                client, channel, user, messages.unknown_run(exc.run_id, ctx.settings.command)
+            )
         except (Refused, GroupBusy) as exc:
-            await _ephemeral(client, channel, user, messages.refused(str(exc)))
+            await _ephemeral(client, channel, user, messages.refused(str(exc), user))
         except TemporaryError as exc:
             await _ephemeral(client, channel, user, messages.try_again(str(exc)))
         except EngineError as exc:
-            await _ephemeral(client, channel, user, messages.refused(str(exc)))
+            await _ephemeral(client, channel, user, messages.refused(str(exc), user))
 
     @app.action({"action_id": "gate_approve"})
     @app.action({"action_id": "gate_pause"})
@@ -149,7 +155,7 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
             run_id, Command(action, user, await ctx.usergroups.groups_of(user), gate_id=gate_id)
         )
         if decision.refusal:
-            await _ephemeral(client, item["channel"], user, messages.refused(decision.refusal))
+            await _ephemeral(client, item["channel"], user, _refusal(decision, user))
 
 
 async def _gate_action(
@@ -194,10 +200,17 @@ async def _run_command(
     try:
         decision = await ctx.engine.command(run_id, command)
     except (Refused, EngineError) as exc:
-        await _ephemeral(client, channel, command.user, messages.refused(str(exc)))
+        await _ephemeral(client, channel, command.user, messages.refused(str(exc), command.user))
         return
     if decision.refusal:
-        await _ephemeral(client, channel, command.user, messages.refused(decision.refusal))
+        await _ephemeral(client, channel, command.user, _refusal(decision, command.user))
+
+
+def _refusal(decision: Decision, user: str) -> str:
+    """Why a person's request was refused: a finished run says so, in its own words."""
+    if decision.run.terminal:
+        return messages.run_finished(decision.run.id, decision.run.state)
+    return messages.refused(decision.refusal or "", user)
 
 
 async def _handle_command(
@@ -239,9 +252,10 @@ async def _handle_command(
             await _ephemeral(
                 client, channel, user, message.text, [b.to_dict() for b in message.blocks]
             )
+        elif not (active := await engine.active()):
+            await _ephemeral(client, channel, user, messages.no_active_run(ctx.settings.command))
         else:
-            runs = [await engine.status(r) for r in await engine.active()]
-            message = render.history_message(runs)
+            message = render.history_message([await engine.status(r) for r in active])
             await _ephemeral(
                 client, channel, user, message.text, [b.to_dict() for b in message.blocks]
             )
@@ -261,7 +275,7 @@ async def _handle_command(
             request_id=dedupe,
         )
         if decision.refusal:
-            await _ephemeral(client, channel, user, messages.refused(decision.refusal))
+            await _ephemeral(client, channel, user, _refusal(decision, user))
         else:
             await _ephemeral(
                 client,

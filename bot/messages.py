@@ -250,9 +250,12 @@ def ambiguous_run(run_ids: Sequence[str], subcommand: str, command: str = DEFAUL
     )
 
 
-def refused(reason: str) -> str:
-    """The engine's own refusal, passed on (its text already says why)."""
+def refused(reason: str, to: str | None = None) -> str:
+    """The engine's own refusal, passed on (its text already says why). Where it names ``to``,
+    the person refused, by user ID, they read their name instead."""
     text = esc(reason).rstrip(". ")
+    if to and _USER_ID.match(to):
+        text = re.sub(rf"\b{re.escape(to)}\b", user(to), text)
     return f":no_entry_sign: {text[:1].upper()}{text[1:]}."
 
 

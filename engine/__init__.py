@@ -3,7 +3,7 @@
 This module is the public API for the CLI and the Slack layer.
 """
 
-from .api import Duplicate, Engine, Plan, Refused
+from .api import Duplicate, Engine, Plan, Refused, UnknownRun
 from .config import Config, ConfigError, load_config, parse_config
 from .decide import Command, Decision
 from .errors import EngineError, GroupBusy, PermanentError, TemporaryError
@@ -57,6 +57,7 @@ __all__ = [
     "Run",
     "SlotRun",
     "TemporaryError",
+    "UnknownRun",
     "Unresumable",
     "Version",
     "is_version",

@@ -27,6 +27,14 @@ class Refused(EngineError):
     """A request the engine will not carry out; the message says why, for the requester."""
 
 
+class UnknownRun(Refused):
+    """No run has this ID (never had, or its record has expired)."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"no run '{run_id}'")
+        self.run_id = run_id
+
+
 class Duplicate(EngineError):
     """The same request (same delivery ID) was already handled."""
 
@@ -287,7 +295,7 @@ class Engine:
     async def _load(self, run_id: str) -> tuple[dict[str, Any], int]:
         loaded = await self.store.load(run_id)
         if loaded is None:
-            raise Refused(f"no run '{run_id}'")
+            raise UnknownRun(run_id)
         return loaded  # type: ignore[no-any-return]
 
     async def status(self, run_id: str) -> Run:

@@ -98,6 +98,8 @@ async def test_http_mode_verifies_signatures_and_a_replay_has_no_second_effect(
         changelog = await poll(lambda: bot.with_button("changelog_ack"), "the changelog")
         click = stub.users.button_click(ALICE, CHANNEL, changelog, "changelog_ack")
         assert (await sender.send("interactive", click)).status == 200
+        # The same click delivered twice (a retry inside the signature window): one effect.
+        assert (await sender.send("interactive", click)).status == 200
         gate = await poll(lambda: bot.open_gate("prod-eu"), "the gate of prod-eu")
         # A reaction approves a non-production gate (no confirmation step).
         reaction = stub.users.reaction_added(BOB, CHANNEL, gate["ts"], "white_check_mark")
@@ -117,6 +119,8 @@ async def test_http_mode_verifies_signatures_and_a_replay_has_no_second_effect(
         assert len(runs) == 1  # the repeated command started nothing more
         approvals = [m for m in bot.thread() if "Approved by" in json.dumps(m)]
         assert len(approvals) == 1
+        acknowledged = [m for m in bot.thread() if "Changelog acknowledged" in m.get("text", "")]
+        assert len(acknowledged) == 1
 
 
 async def test_a_reaction_on_a_production_gate_asks_for_confirmation_and_text_approves(

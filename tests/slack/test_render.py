@@ -262,7 +262,7 @@ def test_the_run_message_leads_with_the_key_fact_then_a_line_per_group() -> None
     assert message.metadata is not None
     assert (message.metadata.event_type, message.metadata.event_payload) == (
         "upgrade_run",
-        {"run_id": "run-1"},
+        {"run_id": "run-1", "state": "waiting"},  # machine-readable, for scripts and searches
     )
 
 
@@ -366,7 +366,13 @@ def test_gate_buttons_carry_ids_values_and_confirmations(name: str, production: 
         assert approve.confirm is None
     assert message.metadata is not None
     assert message.metadata.event_type == "upgrade_gate"
-    assert message.metadata.event_payload == {"run_id": "run-1", "gate_id": opened["gate"]}
+    assert message.metadata.event_payload == {
+        "run_id": "run-1",
+        "gate_id": opened["gate"],
+        "verdict": opened["verdict"]["phase"],
+        "recommend": opened["recommend"],
+        "decision": "",
+    }
 
 
 def test_the_gate_says_who_may_approve_how_many_when_it_expires_and_how_to_react() -> None:
@@ -420,7 +426,13 @@ def test_a_decided_gate_loses_its_buttons_and_names_the_deciders(form: str) -> N
     assert "Approval of *prod-eu*" in all_text(message)
     assert "react" not in all_text(message)
     assert message.metadata is not None
-    assert message.metadata.event_payload == {"run_id": "run-1", "gate_id": gate.id}
+    assert message.metadata.event_payload == {
+        "run_id": "run-1",
+        "gate_id": gate.id,
+        "verdict": "pass",
+        "recommend": "approve",
+        "decision": "approved",
+    }
 
 
 @pytest.mark.parametrize(
