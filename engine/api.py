@@ -199,7 +199,7 @@ class Engine:
         for name in names:
             if not allowed(self.config.policy_for(name).start, requester, user_groups):
                 await self._audit_refusal("start", requester, f"not allowed to start on {name}")
-                raise Refused(f"{requester} may not start upgrades on {name} (policy)")
+                raise Refused(f"{requester} may not start upgrades on {name} (not in its policy)")
         for override in overrides:
             if override not in OVERRIDES:
                 raise Refused(f"unknown override '{override}'; overrides: {', '.join(OVERRIDES)}")
@@ -210,7 +210,9 @@ class Engine:
                 if not allowed(self.config.policy_for(name).override, requester, user_groups):
                     what = ", ".join([*overrides, *(["backup waiver"] if waiver else [])])
                     await self._audit_refusal("override", requester, f"{what} on {name}")
-                    raise Refused(f"{requester} may not use overrides ({what}) on {name} (policy)")
+                    raise Refused(
+                        f"{requester} may not use overrides ({what}) on {name} (not in its policy)"
+                    )
         if request_id is not None and not await self.store.first_time(f"start:{request_id}"):
             raise Duplicate(f"start request {request_id} was already handled")
         now = self.clock.now()
@@ -278,7 +280,7 @@ class Engine:
         self.resolve_groups([group])
         if not allowed(self.config.policy_for(group).override, user, user_groups):
             await self._audit_refusal("unlock", user, f"not allowed to unlock {group}")
-            raise Refused(f"{user} may not break the lock of {group} (policy)")
+            raise Refused(f"{user} may not break the lock of {group} (not in its policy)")
         if not reason.strip():
             raise Refused("breaking a lock needs a reason")
         holder = await self.store.lock_holder(group)

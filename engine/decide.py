@@ -868,7 +868,10 @@ def _command(acc: _Acc, cmd: Command, config: Config) -> Decision:
     permission = {"acknowledge": "start", "hold": "pause"}.get(cmd.action, cmd.action)
     principals = getattr(config.policy_for(group), permission)
     if not allowed(principals, cmd.user, cmd.user_groups):
-        return _refuse(acc, cmd, f"{cmd.user} may not {cmd.action} on {group} (policy)")
+        verb = {"rollback": "roll back", "acknowledge": "acknowledge the changelog"}.get(
+            cmd.action, cmd.action
+        )
+        return _refuse(acc, cmd, f"{cmd.user} may not {verb} on {group} (not in its policy)")
     return handler(acc, cmd, config)
 
 

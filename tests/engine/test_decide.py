@@ -644,7 +644,7 @@ def test_a_member_of_an_allowed_user_group_may_approve() -> None:
 @pytest.mark.parametrize(
     ("user", "gate_id", "refusal"),
     [
-        ("UMALLORY", None, "UMALLORY may not approve on staging (policy)"),
+        ("UMALLORY", None, "UMALLORY may not approve on staging (not in its policy)"),
         (REQUESTER, None, "UREQ started this run and may not approve it"),
         ("UALICE", "run-1:staging:0", "this approval request is no longer pending"),
     ],
@@ -854,7 +854,7 @@ def test_pause_is_refused_to_someone_the_policy_leaves_out() -> None:
     refused = sim.cmd("pause", "UMALLORY")
     allowed = sim.cmd("pause", "UDAVE", user_groups=("SONCALL",))
 
-    assert refused.refusal == "UMALLORY may not pause on staging (policy)"
+    assert refused.refusal == "UMALLORY may not pause on staging (not in its policy)"
     assert allowed.refusal is None and sim.run.state == PAUSED
 
 

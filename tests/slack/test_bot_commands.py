@@ -123,9 +123,9 @@ async def test_commands_on_a_live_run_then_on_the_finished_run(tmp_path: Path) -
         gate = await poll(lambda: bot.open_gate(first), f"the gate of {first}")
         before = (run_text(bot), bot.stub.message(CHANNEL, gate["ts"]))
         assert f"<@{CAROL}> may not approve on {first}" in await click(bot, CAROL, gate)
-        for action in ("abort", "rollback"):
+        for action, verb in (("abort", "abort"), ("rollback", "roll back")):
             refusal = await ask(bot, CAROL, f"{action} {run_id} no reason")
-            assert f"<@{CAROL}> may not {action} on {first}" in refusal
+            assert f"<@{CAROL}> may not {verb} on {first}" in refusal
         for action in ("approve", "abort", "rollback"):
             assert await audited(bot, run_id, action, CAROL), action
         assert (run_text(bot), bot.stub.message(CHANNEL, gate["ts"])) == before
