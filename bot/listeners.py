@@ -255,7 +255,9 @@ async def _handle_command(
         elif not (active := await engine.active()):
             await _ephemeral(client, channel, user, messages.no_active_run(ctx.settings.command))
         else:
-            message = render.history_message([await engine.status(r) for r in active])
+            message = render.history_message(
+                [await engine.status(r) for r in active], active=True
+            )
             await _ephemeral(
                 client, channel, user, message.text, [b.to_dict() for b in message.blocks]
             )

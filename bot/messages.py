@@ -573,6 +573,10 @@ def no_runs_active() -> str:
     return ":zzz: No upgrade is running."
 
 
+def active_title(n: int) -> str:
+    return f":arrows_counterclockwise: {plural(n, 'run')} under way"
+
+
 def history_title(n: int) -> str:
     return f":scroll: {plural(n, 'recent run')}" if n else ":scroll: No runs yet."
 

@@ -249,10 +249,10 @@ def status_message(run: Run, *, command: str = msg.DEFAULT_COMMAND) -> Message:
     return _message(msg.run_headline(run), blocks, None, hint)
 
 
-def history_message(runs: Sequence[Run]) -> Message:
-    """Recent runs, one line each, newest first as given."""
+def history_message(runs: Sequence[Run], *, active: bool = False) -> Message:
+    """Recent runs (or, ``active``, the runs under way), one line each, in the order given."""
     hint = msg.see_cli_history()
-    title = msg.history_title(len(runs))
+    title = msg.active_title(len(runs)) if active else msg.history_title(len(runs))
     blocks: list[Block] = [_section(title, hint)]
     blocks += _sections([msg.history_line(r) for r in runs], hint, MAX_BLOCKS - 1)
     return _message(title, blocks, None, hint)

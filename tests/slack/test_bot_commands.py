@@ -107,6 +107,8 @@ async def test_commands_on_a_live_run_then_on_the_finished_run(tmp_path: Path) -
             answer = await ask(bot, BOB, text)
             assert run_id in answer + last_blocks(bot, BOB), text
             assert "3.8.1" in answer + last_blocks(bot, BOB), text
+            if text == "status":
+                assert "1 run under way" in answer, answer
 
         # Pause and resume the live run: visible in the run message and in its thread.
         assert run_id in await ask(bot, ALICE, f"pause {run_id} checking dashboards")
