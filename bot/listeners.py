@@ -20,6 +20,7 @@ from upgrade_bot.engine import (
     EngineError,
     GroupBusy,
     Refused,
+    Run,
     TemporaryError,
     UnknownRun,
 )
@@ -135,7 +136,7 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
             return
         if not await ctx.engine.first_delivery(f"slack:event:{body.get('event_id')}"):
             return
-        found = ctx.notifier.gate_at(item["channel"], item["ts"])
+        found = await ctx.notifier.gate_at(item["channel"], item["ts"])
         if found is None:
             return
         run_id, gate_id = found
@@ -143,7 +144,7 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
         run = await ctx.engine.status(run_id)
         group = gate_id.split(":")[-2] if gate_id.count(":") >= 2 else ""
         production = any(g.production for g in run.groups if g.name == group)
-        if production:
+        if production and _pending(run, gate_id):
             message = render.reaction_confirm(
                 run_id, gate_id, action, group, reactions=ctx.settings.reactions
             )
@@ -155,7 +156,8 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
             run_id, Command(action, user, await ctx.usergroups.groups_of(user), gate_id=gate_id)
         )
         if decision.refusal:
-            await _ephemeral(client, item["channel"], user, _refusal(decision, user))
+            answer = await _refusal(ctx, decision, user, gate_id)
+            await _ephemeral(client, item["channel"], user, answer)
 
 
 async def _gate_action(
@@ -203,14 +205,41 @@ async def _run_command(
         await _ephemeral(client, channel, command.user, messages.refused(str(exc), command.user))
         return
     if decision.refusal:
-        await _ephemeral(client, channel, command.user, _refusal(decision, command.user))
+        answer = await _refusal(ctx, decision, command.user, command.gate_id)
+        await _ephemeral(client, channel, command.user, answer)
 
 
-def _refusal(decision: Decision, user: str) -> str:
-    """Why a person's request was refused: a finished run says so, in its own words."""
-    if decision.run.terminal:
-        return messages.run_finished(decision.run.id, decision.run.state)
+def _pending(run: Run, gate_id: str) -> bool:
+    return run.gate is not None and run.gate.id == gate_id and run.gate.decision is None
+
+
+async def _refusal(
+    ctx: BotContext, decision: Decision, user: str, gate_id: str | None = None
+) -> str:
+    """Why a person's request was refused, in the bot's words: a gate no longer pending says
+    how it was decided and by whom; a finished run says it has ended."""
+    run = decision.run
+    if gate_id is not None and not _pending(run, gate_id):
+        outcome, by = await _gate_outcome(ctx.engine, run, gate_id)
+        if outcome is not None or not run.terminal:
+            return messages.stale_gate(outcome, by)
+    if run.terminal:
+        return messages.run_finished(run.id, run.state)
     return messages.refused(decision.refusal or "", user)
+
+
+async def _gate_outcome(
+    engine: Engine, run: Run, gate_id: str
+) -> tuple[str | None, tuple[str, ...]]:
+    """How a gate was decided (approved, rollback, paused, expired, aborted) and by whom."""
+    if run.gate is not None and run.gate.id == gate_id and run.gate.decision:
+        return run.gate.decision, tuple(run.gate.decided_by)
+    for _, event in reversed(await engine.events(run.id)):
+        if event.get("gate") == gate_id and event.get("type") == "gate_expired":
+            return "expired", ()
+        if event.get("gate") == gate_id and event.get("type") == "gate_decided":
+            return event.get("decision"), tuple(event.get("by") or ())
+    return None, ()
 
 
 async def _handle_command(
@@ -255,9 +284,7 @@ async def _handle_command(
         elif not (active := await engine.active()):
             await _ephemeral(client, channel, user, messages.no_active_run(ctx.settings.command))
         else:
-            message = render.history_message(
-                [await engine.status(r) for r in active], active=True
-            )
+            message = render.history_message([await engine.status(r) for r in active], active=True)
             await _ephemeral(
                 client, channel, user, message.text, [b.to_dict() for b in message.blocks]
             )
@@ -277,7 +304,7 @@ async def _handle_command(
             request_id=dedupe,
         )
         if decision.refusal:
-            await _ephemeral(client, channel, user, _refusal(decision, user))
+            await _ephemeral(client, channel, user, await _refusal(ctx, decision, user))
         else:
             await _ephemeral(
                 client,

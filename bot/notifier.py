@@ -99,6 +99,7 @@ class Notifier:
         self.escalation_of = escalation_of
         self.clock = clock
         self.threads: dict[str, _Thread] = {}
+        self._attaching = asyncio.Lock()
         self.watch: set[str] = set()
         self.failures: dict[str, int] = {}
 
@@ -220,6 +221,11 @@ class Notifier:
         thread = self.threads.get(run.id)
         if thread is not None:
             return thread
+        async with self._attaching:  # the notifier's pass and a reaction's lookup, one at a time
+            thread = self.threads.get(run.id)
+            return thread if thread is not None else await self._attach(run)
+
+    async def _attach(self, run: Run) -> _Thread:
         channel = run.channel or self.settings.channel
         ts = run.thread_ts or await self._find_run_message(channel, run.id)
         if ts is None:
@@ -236,6 +242,7 @@ class Notifier:
             await self.engine.attach_message(run.id, channel, ts)
         thread = _Thread(run.id, channel, ts)
         await self._index_thread(thread)
+        await self._recall(thread)
         self.threads[run.id] = thread
         return thread
 
@@ -260,6 +267,25 @@ class Notifier:
             key = _metadata_key(msg.get("metadata"))
             if key and msg["ts"] != thread.ts:
                 thread.index[key] = str(msg["ts"])
+
+    async def _recall(self, thread: _Thread) -> None:
+        """What edits to earlier messages need, read back from the run's events: after a
+        restart the gates and the changelog were posted by an earlier life, yet a decision or
+        an acknowledgement must still update them in place. Decided gates are edited once more
+        in case the earlier life died before it edited them."""
+        acknowledged = False
+        for event_id, event in await self.engine.events(thread.run_id):
+            kind = event.get("type")
+            if kind == "gate_opened":
+                thread.gates[event["gate"]] = event
+            elif kind in ("gate_decided", "gate_expired") and event.get("gate"):
+                thread.decisions[event["gate"]] = event
+            elif kind == "changelog":
+                thread.posted[f"event:{event_id}"] = event
+            acknowledged = acknowledged or kind == "changelog_acknowledged"
+        thread.dirty.update(f"gate:{gate}" for gate in thread.decisions)
+        if acknowledged:
+            thread.dirty.update(thread.posted)
 
     async def _post_once(
         self, thread: _Thread, key: str, message: render.Message, *, notify: bool = False
@@ -293,15 +319,34 @@ class Notifier:
             ts = thread.ts if key == "run" else thread.index.get(key)
             if ts is None or thread.rendered.get(key) == _fingerprint(message):
                 continue
-            await self.client.chat_update(
-                channel=thread.channel,
-                ts=ts,
-                text=message.text,
-                blocks=_blocks(message),
-                metadata=_with_key(message, key) if key != "run" else message.metadata,
-            )
+            try:
+                await self.client.chat_update(
+                    channel=thread.channel,
+                    ts=ts,
+                    text=message.text,
+                    blocks=_blocks(message),
+                    metadata=_with_key(message, key) if key != "run" else message.metadata,
+                )
+            except SlackApiError as exc:
+                self._edit_refused(thread, key, exc)
+                continue
+            self.failures.pop(f"{thread.run_id}/{key}", None)
             thread.rendered[key] = _fingerprint(message)
             thread.edited_at[key] = now
+
+    def _edit_refused(self, thread: _Thread, key: str, exc: SlackApiError) -> None:
+        """A refused edit is tried again on a later pass (a gate that is never edited would keep
+        its buttons), and given up after a few refusals like a refused post."""
+        failure = f"{thread.run_id}/{key}"
+        self.failures[failure] = self.failures.get(failure, 0) + 1
+        error = exc.response.get("error")
+        if self.failures[failure] < 5:
+            thread.dirty.add(key)
+            log.warning(
+                "Slack refused the edit of %s in run %s: %s; will retry", key, thread.run_id, error
+            )
+        else:
+            log.error("giving up on the edit of %s in run %s: %s", key, thread.run_id, error)
 
     def _render(self, run: Run, thread: _Thread, key: str) -> render.Message | None:
         if key == "run":
@@ -322,8 +367,22 @@ class Notifier:
             return self._event_message(run, name, thread.posted[key])
         return None
 
-    def gate_at(self, channel: str, ts: str) -> tuple[str, str] | None:
-        """(run_id, gate_id) of the gate message at ``ts``, for reactions."""
+    async def gate_at(self, channel: str, ts: str) -> tuple[str, str] | None:
+        """(run_id, gate_id) of the gate message at ``ts``, for reactions. A bot restarted
+        since the gate was posted attaches to the threads of its recent runs to find it."""
+        found = self._gate_known(channel, ts)
+        if found is not None:
+            return found
+        recent = [*await self.engine.active(), *[r.id for r in await self.engine.history(20)]]
+        for run_id in dict.fromkeys(recent):
+            if run_id in self.threads:
+                continue
+            run = await self.engine.status(run_id)
+            if run.thread_ts and (run.channel or self.settings.channel) == channel:
+                await self._thread(run)
+        return self._gate_known(channel, ts)
+
+    def _gate_known(self, channel: str, ts: str) -> tuple[str, str] | None:
         for thread in self.threads.values():
             if thread.channel != channel:
                 continue

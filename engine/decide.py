@@ -878,10 +878,10 @@ def _command(acc: _Acc, cmd: Command, config: Config) -> Decision:
 def _cmd_approve(acc: _Acc, cmd: Command, config: Config) -> Decision:
     run = acc.run
     gate = run.gate
+    if _stale_gate(run, cmd):
+        return _refuse(acc, cmd, "this approval request is no longer pending")
     if run.state != WAITING or gate is None or gate.decision is not None:
         return _refuse(acc, cmd, "there is no approval pending on this run")
-    if cmd.gate_id is not None and cmd.gate_id != gate.id:
-        return _refuse(acc, cmd, "this approval request is no longer pending")
     policy = config.approval_for(gate.group)
     if cmd.user == run.requester and not policy.allow_self_approval:
         return _refuse(acc, cmd, f"{cmd.user} started this run and may not approve it")
@@ -907,8 +907,17 @@ def _cmd_approve(acc: _Acc, cmd: Command, config: Config) -> Decision:
     return acc.decision()
 
 
+def _stale_gate(run: Run, cmd: Command) -> bool:
+    """A command sent from a gate (button, reaction) that is no longer the pending one."""
+    return cmd.gate_id is not None and (
+        run.gate is None or run.gate.id != cmd.gate_id or run.gate.decision is not None
+    )
+
+
 def _cmd_pause(acc: _Acc, cmd: Command, config: Config) -> Decision:
     run = acc.run
+    if _stale_gate(run, cmd):
+        return _refuse(acc, cmd, "this approval request is no longer pending")
     if run.state == PAUSED:
         return _refuse(acc, cmd, f"run {run.id} is already paused")
     if ROLLING_BACK in (run.state, run.paused_from):
@@ -1060,9 +1069,7 @@ def _cmd_rollback(acc: _Acc, cmd: Command, config: Config) -> Decision:
     run = acc.run
     if run.state == ROLLING_BACK:
         return _refuse(acc, cmd, f"run {run.id} is already rolling back")
-    if cmd.gate_id is not None and (
-        run.gate is None or run.gate.id != cmd.gate_id or run.gate.decision is not None
-    ):
+    if _stale_gate(run, cmd):
         return _refuse(acc, cmd, "this approval request is no longer pending")
     if run.pending is not None and run.state != HELD:
         return _intent(acc, cmd)

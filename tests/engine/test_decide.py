@@ -751,7 +751,8 @@ def test_an_expired_gate_pauses_the_run_and_refuses_late_approvals() -> None:
     assert sim.run.gate is not None and sim.run.gate.decision == "expired"
     assert [e["type"] for e in d.events] == ["gate_expired", "paused"]
     late = sim.cmd("approve", "UALICE", gate_id=gate.id)
-    assert late.refusal == "there is no approval pending on this run"
+    assert late.refusal == "this approval request is no longer pending"
+    assert sim.cmd("approve", "UALICE").refusal == "there is no approval pending on this run"
     assert sim.run.group("staging").status == "awaiting_approval"
 
 
@@ -787,11 +788,27 @@ def test_pausing_at_a_gate_closes_it_and_resume_asks_again() -> None:
     assert sim.run.gate is not None and sim.run.gate.decision == "paused"
     assert sim.of("gate_decided")[-1]["decision"] == "paused"
     assert sim.cmd("approve", "UALICE", gate_id=old.id).refusal == (
-        "there is no approval pending on this run"
+        "this approval request is no longer pending"
     )
+    assert sim.cmd("approve", "UALICE").refusal == "there is no approval pending on this run"
     sim.cmd("resume", "UBOB")
     assert sim.run.gate is not None and sim.run.gate.id == "run-1:staging:2"
     assert sim.run.state == WAITING
+
+
+@pytest.mark.parametrize("action", ["approve", "pause", "rollback"])
+def test_a_button_of_a_decided_gate_changes_nothing(action: str) -> None:
+    """Pause or Roll back clicked on an old gate is refused like Approve: the run moves on."""
+    sim = at_gate()
+    old = sim.run.gate
+    assert old is not None
+    sim.approve("UALICE")
+    state = sim.run.state
+
+    d = sim.cmd(action, "UBOB", gate_id=old.id)
+
+    assert d.refusal is not None and "no longer pending" in d.refusal
+    assert sim.run.state == state and not sim.run.cp.get("intent")
 
 
 # --- automatic approval ------------------------------------------------------------------------

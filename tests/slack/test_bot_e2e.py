@@ -170,7 +170,29 @@ async def test_a_bot_restarted_at_an_open_gate_takes_the_approval_and_posts_noth
             gate = await poll(lambda: bot.open_gate("prod-eu"), "the gate")
         posted_before = len(stub.calls_of("chat.postMessage"))
         async with bot_process(bot):  # a new life: same identity, same Redis
+            # The new life knows the gate message: a reaction on it asks for confirmation.
+            seen = len(stub.ephemerals(CHANNEL, BOB))
+            await stub.users.react(BOB, CHANNEL, gate["ts"], "white_check_mark")
+            confirm = await poll(
+                lambda: (
+                    len(stub.ephemerals(CHANNEL, BOB)) > seen and stub.ephemerals(CHANNEL, BOB)[-1]
+                ),
+                "the ephemeral Confirm after the restart",
+            )
+            assert "reaction_confirm" in buttons(confirm)
             await stub.users.click(BOB, CHANNEL, gate, "gate_approve")
+            await poll(lambda: bot.decided(gate["ts"]), "the gate decided")
+            # The old gate's buttons and reactions no longer act, and say why.
+            seen = len(bot.ephemerals_to(CAROL))
+            stale = stub.users.button_click(CAROL, CHANNEL, gate, "gate_pause", stale=True)
+            await stub.socket.deliver("interactive", stale)
+            answer = await bot.answer_to(CAROL, "the stale click answered", seen)
+            assert "no longer pending" in answer and f"approved by <@{BOB}>" in answer, answer
+            await stub.users.react(CAROL, CHANNEL, gate["ts"], "rewind")
+            answer = await bot.answer_to(CAROL, "the stale reaction answered", seen + 1)
+            assert "no longer pending" in answer and "reaction_confirm" not in json.dumps(
+                stub.ephemerals(CHANNEL, CAROL)[-1]
+            )
             await poll(
                 lambda: any("completed" in m.get("text", "") for m in bot.thread()),
                 "the run to complete after the restart",
