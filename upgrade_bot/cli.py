@@ -170,16 +170,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import logging
+    import signal
 
-    from .serve import serve
+    from .serve import StartupError, serve
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line a second otherwise
+
+    async def until_signalled() -> None:
+        """SIGTERM (a pod stopping) or SIGINT end the bot gracefully; runs stay in Redis and
+        the next bot resumes them."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await serve(args.config, http=args.http, host=args.host, port=args.port, stop=stop)
+        print("upgrade-bot: stopped; unfinished runs resume when a bot starts again", flush=True)
+
     try:
-        asyncio.run(serve(args.config, http=args.http, host=args.host, port=args.port))
-    except KeyboardInterrupt:
-        pass
+        asyncio.run(until_signalled())
+    except StartupError as exc:
+        print(f"upgrade-bot: {exc}", file=sys.stderr)
+        return headless.EXIT_FAILED
     return EXIT_OK
 
 

@@ -15,8 +15,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from slack_sdk.errors import SlackApiError
 from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -26,6 +28,7 @@ from .bot.notifier import Notifier
 from .bot.settings import SlackSettings, slack_settings
 from .bot.usergroups import UserGroups
 from .engine import Engine, LeaseBusy, LeaseLost
+from .engine.adapters.controlplane import host_port
 from .engine.config import Config, load_config
 from .engine.errors import ConfigError
 from .engine.runner import Clock
@@ -116,6 +119,50 @@ class DriverSupervisor:
                 await task
 
 
+class StartupError(Exception):
+    """``serve`` cannot start: the message says what to fix."""
+
+
+SLACK_AUTH_ERRORS = frozenset(
+    {"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired"}
+)
+
+
+async def check_slack(client: AsyncWebClient, secrets: SlackSecrets, *, http: bool) -> str:
+    """Ask Slack (``auth.test``, and ``apps.connections.open`` for Socket Mode) whether the
+    tokens work before serving, so that a wrong token is one clear line, not a retry loop.
+    Returns who the bot is, for the log."""
+    where = secrets.api_url or "https://slack.com/api/"
+    try:
+        auth = await client.auth_test()
+        if not http:
+            opener = AsyncWebClient(base_url=where)
+            try:
+                await opener.apps_connections_open(app_token=secrets.app_token)
+            except SlackApiError as exc:
+                error = exc.response.get("error")
+                raise ConfigError(
+                    "environment",
+                    [
+                        f"SLACK_APP_TOKEN was refused by Slack ({error}): Socket Mode needs an "
+                        "app-level token (xapp-…) with connections:write"
+                    ],
+                ) from None
+    except SlackApiError as exc:
+        error = exc.response.get("error")
+        if error in SLACK_AUTH_ERRORS:
+            raise ConfigError(
+                "environment", [f"SLACK_BOT_TOKEN was refused by Slack ({error})"]
+            ) from None
+        raise StartupError(f"Slack answered auth.test with an error: {error}") from None
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise StartupError(
+            f"the Slack Web API at {host_port(where)} is unreachable ({type(exc).__name__}); "
+            "check the network or SLACK_API_URL"
+        ) from None
+    return f"@{auth.get('user')} in {auth.get('team')}"
+
+
 async def serve(
     config_path: Path,
     *,
@@ -142,6 +189,7 @@ async def serve(
         clock=clock,
     ) as engine:
         client = web_client(secrets.bot_token, secrets.api_url)
+        identity = await check_slack(client, secrets, http=http)
         principals = [
             p
             for g in config.groups
@@ -191,7 +239,13 @@ async def serve(
                 )
                 await handler.connect_async()
                 socket = handler.client  # type: ignore[assignment]
-            log.info("upgrade-bot serving (%s) as %s", info["mode"], engine.identity)
+            log.info(
+                "upgrade-bot serving (%s) as %s; Slack: %s; channel %s",
+                info["mode"],
+                engine.identity,
+                identity,
+                settings.channel,
+            )
             if on_ready is not None:
                 await on_ready(info)
             await stop.wait()
