@@ -25,7 +25,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from upgrade_bot.engine import Engine, Run
 
-from . import render
+from . import charts, render
 from .settings import SlackSettings
 
 log = logging.getLogger(__name__)
@@ -182,6 +182,8 @@ class Notifier:
             await self._post_once(thread, f"event:{event_id}", message)
             if kind == "changelog":
                 thread.posted[f"event:{event_id}"] = event
+        if kind == "metrics_summary" and group and self.settings.charts:
+            await self._upload_chart(thread, run, group)
         if kind == "changelog_acknowledged":
             thread.dirty.update(k for k, e in thread.posted.items() if e["type"] == "changelog")
         if kind in TERMINAL_EVENTS:
@@ -267,6 +269,37 @@ class Notifier:
             key = _metadata_key(msg.get("metadata"))
             if key and msg["ts"] != thread.ts:
                 thread.index[key] = str(msg["ts"])
+            for shared in msg.get("files") or []:  # charts carry no metadata: their file name
+                thread.index[f"file:{shared.get('name')}"] = str(msg["ts"])
+
+    async def _upload_chart(self, thread: _Thread, run: Run, group: str) -> None:
+        """The group's chart, once, in the thread. A chart is evidence to look at, not a step
+        of the run: when Slack refuses it the bot says so in its log and goes on."""
+        name = charts.filename(run, group)
+        if f"file:{name}" in thread.index:
+            return
+        png = await asyncio.to_thread(charts.group_chart, run, group)
+        if png is None:
+            return
+        title = charts.title(run, run.group(group))
+        try:
+            await self.client.files_upload_v2(
+                channel=thread.channel,
+                thread_ts=thread.ts,
+                file=png,
+                filename=name,
+                title=title,
+                alt_txt=f"{title}: 5xx ratio and p99 latency before and after, against the limits",
+                request_file_info=False,
+            )
+        except SlackApiError as exc:
+            log.warning(
+                "Slack refused the chart of %s in run %s (%s); going on without it",
+                group,
+                run.id,
+                exc.response.get("error"),
+            )
+        thread.index[f"file:{name}"] = "uploaded"
 
     async def _recall(self, thread: _Thread) -> None:
         """What edits to earlier messages need, read back from the run's events: after a

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class Reactions(BaseModel):
@@ -20,7 +21,7 @@ class Reactions(BaseModel):
 class SlackSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    channel: str = Field(..., pattern=r"^[CG][A-Z0-9]+$")
+    channel: str
     """Channel ID where run messages are posted (runs started elsewhere post there too)."""
     command: str = Field("/upgrade", pattern=r"^/[a-z0-9_-]+$")
     reactions: Reactions = Field(default_factory=Reactions)
@@ -28,6 +29,16 @@ class SlackSettings(BaseModel):
     """Never edit one message more often than this (Slack's chat.update is tier 3)."""
     usergroup_cache_s: float = Field(300, ge=0)
     charts: bool = True
+
+    @field_validator("channel")
+    @classmethod
+    def _channel_id(cls, value: str) -> str:
+        if not re.fullmatch(r"[CG][A-Z0-9]+", value):
+            raise ValueError(
+                f"expected a channel ID like C0123ABCDEF (Slack: channel details → copy the ID), "
+                f"got {value!r}"
+            )
+        return value
 
 
 def slack_settings(raw: dict[str, Any] | None, path: str = "<config>") -> SlackSettings:
@@ -43,6 +54,7 @@ def slack_settings(raw: dict[str, Any] | None, path: str = "<config>") -> SlackS
         for e in err.errors():
             key = "slack." + ".".join(str(x) for x in e["loc"])
             msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+            msg = msg.removeprefix("Value error, ")
             if e["type"] == "missing":
                 msg = "required key is missing"
             problems.append(f"{key}: {msg}")

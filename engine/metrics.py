@@ -351,10 +351,18 @@ class Verdict:
 
     phase: Phase
     reasons: tuple[str, ...] = ()
+    limit_5xx_ratio: float | None = None
+    """The 5xx ratio the window after may reach (None: not judged)."""
+    limit_p99_ms: float | None = None
+    """The p99 latency the window after may reach (None: not judged, p99 unknown)."""
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict: ``{"phase": "fail", "reasons": [...]}``."""
-        return {"phase": self.phase.value, "reasons": list(self.reasons)}
+        """A JSON-ready dict: ``{"phase": "fail", "reasons": [...], "limits": {...}}``."""
+        return {
+            "phase": self.phase.value,
+            "reasons": list(self.reasons),
+            "limits": {"ratio_5xx": self.limit_5xx_ratio, "p99_ms": self.limit_p99_ms},
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Verdict:
@@ -366,7 +374,18 @@ class Verdict:
         reasons = data.get("reasons") or ()
         if isinstance(reasons, str):
             raise ValueError("verdict reasons must be a list of strings")
-        return cls(phase=phase, reasons=tuple(str(r) for r in reasons))
+        limits = data.get("limits") or {}
+
+        def limit(name: str) -> float | None:
+            value = limits.get(name)
+            return None if value is None else float(value)
+
+        return cls(
+            phase=phase,
+            reasons=tuple(str(r) for r in reasons),
+            limit_5xx_ratio=limit("ratio_5xx"),
+            limit_p99_ms=limit("p99_ms"),
+        )
 
 
 def _pct(ratio: float) -> str:
@@ -433,6 +452,7 @@ def judge(before: Summary, after: Summary, t: Thresholds) -> Verdict:
     else:
         passes.append(errors)
 
+    latency_limit = None
     if before.p99_ms is None or after.p99_ms is None:
         which = " and ".join(
             name for name, s in (("before", before), ("after", after)) if s.p99_ms is None
@@ -452,8 +472,9 @@ def judge(before: Summary, after: Summary, t: Thresholds) -> Verdict:
         else:
             passes.append(latency)
 
+    limits = {"limit_5xx_ratio": error_limit, "limit_p99_ms": latency_limit}
     if failures:
-        return Verdict(Phase.FAIL, tuple(failures + doubts))
+        return Verdict(Phase.FAIL, tuple(failures + doubts), **limits)
     if doubts:
-        return Verdict(Phase.INCONCLUSIVE, tuple(doubts))
-    return Verdict(Phase.PASS, tuple(passes))
+        return Verdict(Phase.INCONCLUSIVE, tuple(doubts), **limits)
+    return Verdict(Phase.PASS, tuple(passes), **limits)

@@ -67,6 +67,17 @@ def test_the_documented_example_is_valid() -> None:
             ["defaults.thresholds.max_5xx_ratio: Input should be less than or equal to 1"],
         ),
         (
+            "groups:" + GOOD_GROUP + "slack: {channel: '#upgrades', reactions: {approve: 1}}\n",
+            [
+                "slack.channel: expected a channel ID like C0123ABCDEF",
+                "slack.reactions.approve: Input should be a valid string",
+            ],
+        ),
+        (
+            "groups:" + GOOD_GROUP + "slack: {channel: C0UPGRADES, charts: maybe}\n",
+            ["slack.charts: Input should be a valid boolean"],
+        ),
+        (
             "groups:" + GOOD_GROUP + "colour: blue\n",
             ["colour: unknown key"],
         ),

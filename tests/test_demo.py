@@ -131,6 +131,11 @@ def test_default_demo_upgrades_every_slot_once_without_a_failed_request(
     assert slack["deliveries"]["slash_commands"] == 1, slack
     assert slack["deliveries"]["interactive"] == len(GROUPS) + 1, slack
     assert slack["calls"]["chat.postMessage"] >= 1 + 2 * len(GROUPS), slack
+    # One chart per group was shared in the thread, and saved where the user can open it.
+    assert sorted(Path(c).name.removeprefix(report["run_id"] + "-") for c in report["charts"]) == (
+        sorted(f"{g}.png" for g in GROUPS)
+    )
+    assert all(Path(c).read_bytes().startswith(b"\x89PNG") for c in report["charts"])
 
 
 @pytest.mark.parametrize("kind", ["never-ready", "latency"])

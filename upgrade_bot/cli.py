@@ -120,10 +120,15 @@ def sandbox_spec(args: argparse.Namespace) -> SandboxSpec:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from .bot.settings import slack_settings
+
     config = load_config(args.config)
+    if config.slack is not None:
+        slack_settings(config.slack, str(args.config))  # the Slack layer's own section
     print(
         f"{args.config}: OK ({len(config.groups)} groups: "
         f"{', '.join(g.name for g in config.groups)})"
+        + ("" if config.slack is not None else "; no slack section: `serve` needs one")
     )
     return EXIT_OK
 

@@ -311,9 +311,22 @@ async def rehearse(args: argparse.Namespace) -> AsyncIterator[Rehearsal]:
             run = await engine.status(run_id)
         report = build_report(run, handle.status(), traffic_before, duration)
         report["slack"] = slack_summary(stub)
+        report["charts"] = save_charts(stub, handle.dir / "charts")
         yield Rehearsal(run=run, report=report, sandbox=handle, slack=stub)
     finally:
         manage.down(handle.dir)
+
+
+def save_charts(stub: SlackStub, directory: Path) -> list[str]:
+    """The charts the bot shared in the thread, written where the person running the demo can
+    open them (they were uploaded to the stand-in, which is gone when the demo ends)."""
+    saved = []
+    for f in stub.files.values():
+        if f.completed and f.content and f.filetype == "png":
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / f.name).write_bytes(f.content)
+            saved.append(str(directory / f.name))
+    return saved
 
 
 def slack_summary(stub: SlackStub) -> dict[str, Any]:
@@ -354,6 +367,8 @@ async def run_demo(
             await inspect(rehearsal)
     report = rehearsal.report
     print_report(report)
+    for chart in report["charts"]:
+        print(f"chart: {chart}")
     if args.report:
         args.report.write_text(json.dumps(report, indent=2))
         print(f"report: {args.report}")

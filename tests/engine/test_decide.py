@@ -1231,6 +1231,7 @@ def test_metrics_that_cannot_be_read_after_the_change_make_the_verdict_inconclus
     assert verdict == {
         "phase": "inconclusive",
         "reasons": ["metrics unavailable: no instance exposes metrics"],
+        "limits": {"ratio_5xx": None, "p99_ms": None},
     }
     assert sim.of("gate_opened")[0]["recommend"] == "approve"
 
@@ -1248,10 +1249,12 @@ def test_metrics_that_cannot_be_read_before_the_change_make_the_verdict_inconclu
     assert sim.of("metrics_summary")[0]["verdict"] == {
         "phase": "inconclusive",
         "reasons": ["metrics unavailable: no instance exposes metrics"],
+        "limits": {"ratio_5xx": None, "p99_ms": None},
     }
     assert sim.run.group("staging").verdict == {
         "phase": "inconclusive",
         "reasons": ["no baseline metrics to compare with"],
+        "limits": {"ratio_5xx": None, "p99_ms": None},
     }
     assert sim.run.gate is not None and sim.run.gate.verdict == "inconclusive"
     assert [sim.slot(s).replacements for s in STAGING] == [1, 1, 1]

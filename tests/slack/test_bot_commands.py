@@ -152,7 +152,9 @@ async def test_approval_refusals_and_a_two_approver_gate(tmp_path: Path) -> None
         # Alice may approve, so only the self-approval rule stands between her and her own run.
         "policy": {"approve": [ALICE, ONCALL]},
     }
-    async with running_bot(tmp_path, groups=1, production=False, defaults=defaults) as bot:
+    async with running_bot(
+        tmp_path, groups=1, production=False, defaults=defaults, slack={"charts": False}
+    ) as bot:
         (group,) = group_names(bot)
         run_id = await start_run(bot)
         gate = await poll(lambda: bot.open_gate(group), f"the gate of {group}")
@@ -191,6 +193,7 @@ async def test_approval_refusals_and_a_two_approver_gate(tmp_path: Path) -> None
             lambda: "waiting for approval" not in run_text(bot), "the run to go on after approval"
         )
         assert bot.postings_are_unique()
+        assert not bot.stub.files  # charts: false in this workspace's configuration
 
 
 # --- helpers --------------------------------------------------------------------------------------

@@ -205,3 +205,7 @@ async def test_a_bot_restarted_at_an_open_gate_takes_the_approval_and_posts_noth
             m for m in bot.thread() if (m.get("metadata") or {}).get("event_type") == "upgrade_gate"
         ]
         assert len(gates) == 1
+        # The group's chart was shared once in the thread, by the first life only.
+        shared = [f for m in bot.thread() for f in m.get("files", [])]
+        assert [f["name"] for f in shared] == [f"{bot.run_id()}-prod-eu.png"]
+        assert shared[0]["filetype"] == "png" and "prod-eu" in shared[0]["title"]

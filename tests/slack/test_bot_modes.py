@@ -91,5 +91,7 @@ async def test_a_full_run_completes_after_approvals(tmp_path: Path, mode: str, h
         assert {(s["version"], s["replacements"]) for s in truth} == {("3.8.1", 1)}
         assert len(bot.run_messages()) == 1
         assert bot.postings_are_unique()
+        charts = sorted(f["name"] for m in bot.thread() for f in m.get("files", []))
+        assert charts == [f"{bot.run_id()}-{g}.png" for g in ("prod-eu", "prod-us")]
         if http:  # every request of the run went over signed HTTP
             assert len(alice.deliveries) == 2 and len(bob.deliveries) >= 2

@@ -17,6 +17,7 @@ SCOPES_BY_METHOD = {
     "conversations_history": {"channels:history", "groups:history"},
     "conversations_replies": {"channels:history", "groups:history"},
     "usergroups_users_list": {"usergroups:read"},
+    "files_upload_v2": {"files:write"},
 }
 SCOPES_BY_EVENT = {"reaction_added": {"reactions:read"}}
 
