@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -31,6 +32,8 @@ from .settings import SlackSettings
 log = logging.getLogger(__name__)
 
 CONSUMER = "slack"
+UNREACHABLE = (aiohttp.ClientError, OSError, TimeoutError)
+"""Slack could not be reached (or its answer was lost): not a refusal, try again."""
 RUN_STATE_EVENTS = frozenset(
     {
         "group_started",
@@ -131,6 +134,10 @@ class Notifier:
         if not events and thread is not None and not thread.dirty:
             return thread.done  # nothing new: no need to read the record
         run = await self.engine.status(run_id)
+        if thread is None and run.thread_ts and not run.terminal:
+            # A restarted bot: attach now, so that edits an earlier life left undone (a gate
+            # decided while it was down) are made without waiting for the run's next event.
+            thread = await self._thread(run)
         if thread is not None:
             await self._flush(run, thread)
         if not events:
@@ -138,6 +145,12 @@ class Notifier:
         for event_id, event in events:
             try:
                 thread = await self._handle(run, event_id, event)
+            except UNREACHABLE as exc:
+                # The post may have landed with its answer lost: read the thread again before
+                # the retry, so that a message that did land is found by its metadata.
+                self.threads.pop(run_id, None)
+                log.warning("Slack unreachable for run %s (%s); will retry", run_id, exc)
+                return False
             except SlackApiError as exc:
                 error = exc.response.get("error")
                 self.failures[event_id] = self.failures.get(event_id, 0) + 1
@@ -361,18 +374,20 @@ class Notifier:
                     metadata=_with_key(message, key) if key != "run" else message.metadata,
                 )
             except SlackApiError as exc:
-                self._edit_refused(thread, key, exc)
+                self._edit_refused(thread, key, str(exc.response.get("error")))
+                continue
+            except UNREACHABLE as exc:
+                self._edit_refused(thread, key, f"unreachable: {type(exc).__name__}")
                 continue
             self.failures.pop(f"{thread.run_id}/{key}", None)
             thread.rendered[key] = _fingerprint(message)
             thread.edited_at[key] = now
 
-    def _edit_refused(self, thread: _Thread, key: str, exc: SlackApiError) -> None:
+    def _edit_refused(self, thread: _Thread, key: str, error: str) -> None:
         """A refused edit is tried again on a later pass (a gate that is never edited would keep
         its buttons), and given up after a few refusals like a refused post."""
         failure = f"{thread.run_id}/{key}"
         self.failures[failure] = self.failures.get(failure, 0) + 1
-        error = exc.response.get("error")
         if self.failures[failure] < 5:
             thread.dirty.add(key)
             log.warning(

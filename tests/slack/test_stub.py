@@ -326,6 +326,20 @@ async def test_fail_next_over_http(stub: SlackStub, client: AsyncWebClient) -> N
     assert (await client.chat_update(channel=CHANNEL, ts=ts, text="b"))["ok"]
 
 
+async def test_a_lost_answer_means_the_call_was_carried_out_but_never_answered(
+    stub: SlackStub,
+) -> None:
+    client = AsyncWebClient(
+        token=stub.workspace.bot_token, base_url=stub.api_url, retry_handlers=[]
+    )
+    stub.lose_answer_next("chat.postMessage")
+    with pytest.raises(aiohttp.ClientError):
+        await client.chat_postMessage(channel=CHANNEL, text="did this land?")
+    assert [m["text"] for m in stub.messages(CHANNEL)] == ["did this land?"]
+    assert stub.calls_of("chat.postMessage")[-1].extra["answer_lost"] is True
+    assert (await client.chat_postMessage(channel=CHANNEL, text="next"))["ok"]  # one call only
+
+
 async def test_files_upload_v2_shares_the_png_in_the_thread(
     stub: SlackStub, client: AsyncWebClient
 ) -> None:

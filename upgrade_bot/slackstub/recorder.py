@@ -89,6 +89,8 @@ class Fault:
     error: str
     status: int = 200
     retry_after: int | None = None  # set for HTTP 429 "ratelimited"
+    lose_answer: bool = False
+    """The call is carried out, then the connection drops before the answer is sent."""
 
     def body(self) -> dict[str, Any]:
         """The JSON body Slack would send."""

@@ -222,6 +222,11 @@ class SlackStub:
         ``Retry-After: retry_after``."""
         self.faults.add(method, Fault("ratelimited", 429, retry_after), times)
 
+    def lose_answer_next(self, method: str, *, times: int = 1) -> None:
+        """Carry out the next call(s) of ``method``, then drop the connection before answering
+        (the request landed; the client cannot know). Exactly-once posting must survive this."""
+        self.faults.add(method, Fault("", lose_answer=True), times)
+
     # -- Slack's handling of command responses -------------------------------------------------
 
     def apply_command_response(self, command: Mapping[str, Any], response: Any) -> None:

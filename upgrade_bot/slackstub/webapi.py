@@ -197,7 +197,12 @@ class WebApi:
         params.pop("token", None)
         recorded = copy.deepcopy(dict(params))
         status, body, headers = self._dispatch(method, params, token, parse_error)
-        self.recorder.record("api", method, recorded, body, status)
+        call = self.recorder.record("api", method, recorded, body, status)
+        if body.pop("_answer_lost", False):
+            # Done, but the answer never arrives: the client sees the connection drop.
+            call.extra["answer_lost"] = True
+            if request.transport is not None:
+                request.transport.close()
         return web.json_response(body, status=status, headers=headers)
 
     def _dispatch(
@@ -218,12 +223,13 @@ class WebApi:
         if parse_error:
             return 200, {"ok": False, "error": parse_error}, headers
         fault = self.faults.take(method)
-        if fault is not None:
+        if fault is not None and not fault.lose_answer:
             return fault.status, fault.body(), headers | fault.headers()
+        lost = {"_answer_lost": True} if fault is not None else {}
         try:
-            return 200, {"ok": True, **handler(params)}, headers
+            return 200, {"ok": True, **handler(params), **lost}, headers
         except ApiError as e:
-            return 200, {"ok": False, "error": e.code, **e.extra}, headers
+            return 200, {"ok": False, "error": e.code, **e.extra, **lost}, headers
 
     # -- helpers ------------------------------------------------------------------------------
 
