@@ -128,13 +128,33 @@ SLACK_AUTH_ERRORS = frozenset(
 )
 
 
-async def check_slack(client: AsyncWebClient, secrets: SlackSecrets, *, http: bool) -> str:
-    """Ask Slack (``auth.test``, and ``apps.connections.open`` for Socket Mode) whether the
-    tokens work before serving, so that a wrong token is one clear line, not a retry loop.
-    Returns who the bot is, for the log."""
+async def check_slack(
+    client: AsyncWebClient,
+    secrets: SlackSecrets,
+    *,
+    http: bool,
+    channel: str,
+    config_path: str = "<config>",
+) -> str:
+    """Ask Slack (``auth.test``, ``apps.connections.open`` for Socket Mode, and a look at the
+    channel) whether the tokens and the channel work before serving, so that a wrong token or
+    channel is one clear line, not a retry loop or a run nobody sees. Returns who the bot is."""
     where = secrets.api_url or "https://slack.com/api/"
     try:
         auth = await client.auth_test()
+        try:
+            await client.conversations_history(channel=channel, limit=1)
+        except SlackApiError as exc:
+            error = exc.response.get("error")
+            if error not in ("channel_not_found", "not_in_channel"):
+                raise
+            raise ConfigError(
+                config_path,
+                [
+                    f"slack.channel: the bot cannot see channel {channel} ({error}): check the "
+                    f"ID, and invite the bot there (/invite @{auth.get('user')})"
+                ],
+            ) from None
         if not http:
             opener = AsyncWebClient(base_url=where)
             try:
@@ -189,7 +209,9 @@ async def serve(
         clock=clock,
     ) as engine:
         client = web_client(secrets.bot_token, secrets.api_url)
-        identity = await check_slack(client, secrets, http=http)
+        identity = await check_slack(
+            client, secrets, http=http, channel=settings.channel, config_path=str(config_path)
+        )
         principals = [
             p
             for g in config.groups

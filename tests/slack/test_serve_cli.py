@@ -147,6 +147,11 @@ async def test_serve_names_an_unreachable_backend_or_a_refused_token(
     one_clear_line(out, "SLACK_APP_TOKEN was refused by Slack (invalid_auth)")
     assert "xapp-1-nope" not in out
 
+    elsewhere = write_config(tmp_path, {**CONFIG, "slack": {"channel": "C0NOWHERE1"}})
+    code, out = await serve_cli(elsewhere, env_for(stub, redis_url))
+    assert code == 3
+    one_clear_line(out, "slack.channel: the bot cannot see channel C0NOWHERE1", "/invite @")
+
     nowhere = f"http://127.0.0.1:{free_port()}/api/"
     code, out = await serve_cli(config, env_for(stub, redis_url, SLACK_API_URL=nowhere))
     assert code == 1
