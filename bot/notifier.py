@@ -109,15 +109,29 @@ class Notifier:
     # --- the loop -------------------------------------------------------------------------
 
     async def run_forever(self, stop: asyncio.Event, interval_s: float = 0.3) -> None:
+        """Deliver until ``stop``. With several replicas of the bot, one notifier at a time
+        delivers (the others stand by, so that no message is posted by two of them)."""
         for run in await self.engine.history(50):
             self.watch.add(run.id)  # catch up on runs whose last events were never delivered
-        while not stop.is_set():
-            try:
-                await self.deliver_all()
-            except Exception:  # one bad pass must not stop notifications for good
-                log.exception("notifier pass failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval_s)
+        delivering = False
+        try:
+            while not stop.is_set():
+                try:
+                    holding = await self.engine.hold_consumer(CONSUMER)
+                    if holding != delivering:
+                        log.info("notifier %s", "delivering" if holding else "standing by")
+                        self.threads.clear()  # what another replica did meanwhile is unknown
+                        delivering = holding
+                    if holding:
+                        await self.deliver_all()
+                except Exception:  # one bad pass must not stop notifications for good
+                    log.exception("notifier pass failed")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval_s)
+        finally:
+            if delivering:
+                with contextlib.suppress(Exception):
+                    await self.engine.release_consumer(CONSUMER)
 
     async def deliver_all(self) -> None:
         self.watch.update(await self.engine.active())
@@ -164,6 +178,7 @@ class Notifier:
                     return False
                 log.error("giving up on %s for run %s: %s", event.get("type"), run_id, error)
             await self.engine.advance_cursor(CONSUMER, run_id, event_id)
+            self.failures.pop(event_id, None)
         if thread is not None:
             await self._flush(run, thread)
         return False

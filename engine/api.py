@@ -79,6 +79,7 @@ class Engine:
         self.identity = identity
         self.new_id = new_id
         self.clock = clock or SystemClock()
+        self._consumer_fences: dict[str, Any] = {}
         self.runner = Runner(
             store=store,
             performer=performer,
@@ -328,6 +329,28 @@ class Engine:
     async def advance_cursor(self, consumer: str, run_id: str, event_id: str) -> None:
         """Record that ``consumer`` has delivered everything up to ``event_id`` (never back)."""
         await self.store.set_cursor(consumer, run_id, event_id)
+
+    async def hold_consumer(self, consumer: str) -> bool:
+        """Whether this bot is the one delivering ``consumer``'s events now. Replicas share the
+        events and cursors; one at a time delivers them (a lease, renewed on each call, with
+        the runs' TTL: the same identity takes it back at once after a restart, another
+        replica after the TTL)."""
+        ttl = self.config.store.lease_ttl_s
+        fence = self._consumer_fences.get(consumer)
+        if fence is not None and await self.store.renew_lease(fence, ttl):
+            return True
+        fence = await self.store.acquire_lease(f"consumer:{consumer}", self.identity, ttl)
+        if fence is None:
+            self._consumer_fences.pop(consumer, None)
+            return False
+        self._consumer_fences[consumer] = fence
+        return True
+
+    async def release_consumer(self, consumer: str) -> None:
+        """Hand delivery over at once (a bot stopping gracefully)."""
+        fence = self._consumer_fences.pop(consumer, None)
+        if fence is not None:
+            await self.store.release_lease(fence)
 
     # --- driving ------------------------------------------------------------------------------
 

@@ -206,7 +206,7 @@ def sandbox(
 
 @contextlib.asynccontextmanager
 async def bot_process(
-    harness: Harness, *, http: bool = False, port: int | None = None
+    harness: Harness, *, http: bool = False, port: int | None = None, identity: str = "e2e-bot"
 ) -> AsyncIterator[int]:
     """One life of the bot: ``serve`` started, then stopped when the block ends. Yields the port
     of its HTTP endpoint (HTTP mode)."""
@@ -226,7 +226,7 @@ async def bot_process(
             port=port,
             stop=stop,
             on_ready=on_ready,
-            environ=bot_env(stub, handle),
+            environ={**bot_env(stub, handle), "UPGRADE_BOT_IDENTITY": identity},
             clock=harness.clock,
         )
     )

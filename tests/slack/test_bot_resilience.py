@@ -384,3 +384,31 @@ def first_life(engine: Engine, bot: Harness, config: Config) -> Notifier:
         approvers_of=approvers_of(config),
         escalation_of=escalation_of(config),
     )
+
+
+# --- replicas -------------------------------------------------------------------------------------
+
+
+async def test_two_replicas_post_each_message_once_and_hand_over_when_one_stops(
+    tmp_path: Path,
+) -> None:
+    """Two bots (identities a and b) share Redis and the workspace: commands reach the newest
+    connection, runs are driven by whoever holds their lease, and one notifier at a time posts.
+    When the one posting stops, the other carries on at once."""
+    async with stand_in(tmp_path, groups=2, instances=2, production=False) as bot:
+        stub = bot.stub
+        async with contextlib.AsyncExitStack() as first:
+            await first.enter_async_context(bot_process(bot, identity="bot-a"))  # posts first
+            async with bot_process(bot, identity="bot-b"):
+                await start_and_acknowledge(bot)
+                gate = await poll(lambda: bot.open_gate("prod-eu"), "the gate of prod-eu")
+                await stub.users.click(BOB, CHANNEL, gate, "gate_approve")
+                await poll(lambda: bot.decided(gate["ts"]), "the gate decided")
+                await first.aclose()  # bot-a stops: bot-b carries the run and its messages
+                gate = await poll(lambda: bot.open_gate("prod-us"), "the gate of prod-us")
+                await stub.users.click(BOB, CHANNEL, gate, "gate_approve")
+                await completed(bot)
+        assert len(bot.run_messages()) == 1
+        assert len(gate_messages(bot)) == 2
+        assert shown_once(bot), "two replicas posted the same message"
+
