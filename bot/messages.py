@@ -44,6 +44,16 @@ def esc(text: object) -> str:
     return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+_ID_IN_TEXT = re.compile(r"\b[UW](?=[A-Z0-9]*\d)[A-Z0-9]{8,11}\b")
+"""A Slack user ID inside a sentence (``rollback requested by U0BOB00002``): letters and at
+least one digit, so that words like URGENT stay words."""
+
+
+def prose(text: object) -> str:
+    """A reason written by the engine or a person: escaped, with user IDs shown as names."""
+    return _ID_IN_TEXT.sub(lambda m: f"<@{m.group(0)}>", esc(text))
+
+
 def user(who: str) -> str:
     """A person as Slack shows them; the engine's own actors get words, not mentions."""
     if who == "engine":
@@ -488,7 +498,7 @@ def now_doing(run: Run) -> str:
 def run_headline(run: Run) -> str:
     """The key fact of a run, first thing on the line: what happens now, or how it ended."""
     v = esc(run.target_version)
-    reason = esc(run.reason or "")
+    reason = prose(run.reason or "")
     emoji = state_emoji(run.state)
     if run.state == COMPLETED:
         slots = len(run.slots())
@@ -545,7 +555,7 @@ def status_details(run: Run) -> list[str]:
             + f" · expires {when(run.gate.expires_at)}"
         )
     if run.hold is not None:
-        lines.append(f"On hold until {when(run.hold.until)}: {esc(run.hold.reason)}")
+        lines.append(f"On hold until {when(run.hold.until)}: {prose(run.hold.reason)}")
     if run.config_revision is not None:
         lines.append(f"Config frozen at revision {run.config_revision}")
     if run.backup:
@@ -892,7 +902,7 @@ def escalation(mention: str) -> str:
 def paused(by: str, reason: str, run_id: str, command: str = DEFAULT_COMMAND) -> str:
     who = "" if by == "engine" else f" by {user(by)}"
     return (
-        f":double_vertical_bar: Paused{who} — {esc(reason)}\n"
+        f":double_vertical_bar: Paused{who} — {prose(reason)}\n"
         f"Resume: `{command} resume {esc(run_id)}`"
     )
 
@@ -904,7 +914,7 @@ def resumed(by: str) -> str:
 def held(until: float | None, reason: str, by: str | None) -> str:
     who = f" by {user(by)}" if by and by != "engine" else ""
     until_ = f" until {when(until)}" if until else ""
-    return f":zzz: On hold{who}{until_} — {esc(reason)}"
+    return f":zzz: On hold{who}{until_} — {prose(reason)}"
 
 
 def intent_recorded(action: str, by: str) -> str:
@@ -937,7 +947,7 @@ def rollback_started(reason: str, by: str, automatic: bool, groups: Sequence[str
         if groups
         else "\nNothing was changed yet: nothing to restore."
     )
-    return f"{how}: {esc(reason)}{order}"
+    return f"{how}: {prose(reason)}{order}"
 
 
 ROLLBACK_FAILED_HEADER = ":rotating_light: ROLLBACK FAILED"
@@ -1009,7 +1019,7 @@ def final_headline(event_type: str, target: str | None, run_id: str, reason: str
         head = _FINAL[event_type].replace("Upgrade to {v}", f"Run {code(run_id)}")
     else:
         head = _FINAL[event_type].format(v=esc(target))
-    return f"{head} — {esc(reason)}"
+    return f"{head} — {prose(reason)}"
 
 
 def fleet_now(n_versions: int) -> str:

@@ -1005,3 +1005,15 @@ def test_a_confirmation_says_whether_the_command_took_effect_or_waits(
     action: str, state: str, expected: str
 ) -> None:
     assert messages.done(action, "run-1", state).startswith(expected)
+
+
+def test_reasons_show_people_by_name_not_by_id() -> None:
+    """The engine writes 'rollback requested by U0BOB00002'; Slack should show @bob."""
+    assert messages.prose("rollback requested by U0BOB00002") == (
+        "rollback requested by <@U0BOB00002>"
+    )
+    assert messages.prose("URGENT: <b> & W0CAROL0003") == "URGENT: &lt;b&gt; &amp; <@W0CAROL0003>"
+    headline = messages.final_headline(
+        "run_rolled_back", "3.8.1", "run-1", "rollback requested by U0BOB00002"
+    )
+    assert headline.endswith("rollback requested by <@U0BOB00002>")
