@@ -3,14 +3,17 @@ to the engine and answers the person privately (ephemeral) when something is ref
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from upgrade_bot.engine import (
     Command,
@@ -44,6 +47,13 @@ class BotContext:
     notifier: Notifier
 
 
+RESPONSE_URL: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "response_url", default=None
+)
+"""The ``response_url`` of the command or click being answered (each listener runs in its own
+task, so each sees its own)."""
+
+
 async def _ephemeral(
     client: AsyncWebClient,
     channel: str,
@@ -51,10 +61,23 @@ async def _ephemeral(
     text: str,
     blocks: list[dict[str, Any]] | None = None,
 ) -> None:
+    """Answer one person privately. Where the bot cannot post (a DM, a channel it was not
+    invited to) the answer goes through the request's ``response_url``, which works anywhere."""
     try:
         await client.chat_postEphemeral(channel=channel, user=user, text=text, blocks=blocks)
+        return
     except SlackApiError as exc:
-        log.warning("ephemeral answer to %s failed: %s", user, exc.response.get("error"))
+        error = exc.response.get("error")
+    url = RESPONSE_URL.get()
+    if url is None or error not in ("channel_not_found", "not_in_channel", "is_archived"):
+        log.warning("ephemeral answer to %s failed: %s", user, error)
+        return
+    try:
+        await AsyncWebhookClient(url).send(
+            text=text, blocks=blocks, response_type="ephemeral", replace_original=False
+        )
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        log.warning("answer to %s through response_url failed: %s", user, type(exc).__name__)
 
 
 def register(app: AsyncApp, ctx: BotContext) -> None:
@@ -63,6 +86,7 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
     @app.command(ctx.settings.command)
     async def on_command(ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient) -> None:
         """The slash command: parse errors answered in the ack itself; work after the ack."""
+        RESPONSE_URL.set(body.get("response_url"))
         try:
             request = parse(body.get("text", ""))
         except ParseError as exc:
@@ -95,6 +119,7 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
     async def on_gate_button(ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient) -> None:
         """A gate button: approve, pause or roll back — only while that gate is pending."""
         await ack()
+        RESPONSE_URL.set(body.get("response_url"))
         action = body["actions"][0]
         await _gate_action(
             ctx,
@@ -110,6 +135,7 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
     ) -> None:
         """The ephemeral Confirm after a reaction on a production gate."""
         await ack()
+        RESPONSE_URL.set(body.get("response_url"))
         value = json.loads(body["actions"][0].get("value") or "{}")
         await _gate_action(ctx, client, body, value.get("action", "approve"), value)
 
@@ -117,6 +143,7 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
     async def on_changelog_ack(ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient) -> None:
         """The requester acknowledges the changelog entries between versions."""
         await ack()
+        RESPONSE_URL.set(body.get("response_url"))
         value = json.loads(body["actions"][0].get("value") or "{}")
         await _run_command(
             ctx, client, body, value.get("run", ""), Command("acknowledge", body["user"]["id"])

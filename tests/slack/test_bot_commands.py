@@ -82,6 +82,12 @@ async def test_bad_input_gets_a_private_answer_with_the_right_usage(tmp_path: Pa
             assert "There is no run `nosuchrun`" in answer and "/upgrade status" in answer
 
         assert "No upgrade is running" in await ask(bot, BOB, "status")
+        # Typed where the bot may not post (a DM, a channel it is not in): the answer comes
+        # through the command's response_url instead of being lost.
+        bot.stub.fail_next("chat.postEphemeral", "channel_not_found")
+        assert "No upgrade is running" in await ask(bot, BOB, "status")
+        assert bot.stub.calls_of("chat.postEphemeral")[-1].error == "channel_not_found"
+        assert [c.kind for c in bot.stub.timeline][-1] == "response_url"
         plan = await ask(bot, BOB, "plan 3.8.1")
         assert "Plan" in plan and "3.8.1" in plan
         assert first in last_blocks(bot, BOB) and second in last_blocks(bot, BOB)
