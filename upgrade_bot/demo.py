@@ -271,7 +271,7 @@ async def rehearse(args: argparse.Namespace) -> AsyncIterator[Rehearsal]:
     """
     spec = demo_spec(args)
     print(
-        f"sandbox: {len(spec.groups)} groups x {args.instances} instances on "
+        f"sandbox: {_count(len(spec.groups), 'group')} x {_count(args.instances, 'instance')} on "
         f"{args.from_version}, {spec.rate_per_s:g} requests/s through the groups' front doors"
         + (
             f"; release {args.to_version} is secretly bad ({args.bad_release})"
@@ -315,6 +315,10 @@ async def rehearse(args: argparse.Namespace) -> AsyncIterator[Rehearsal]:
         yield Rehearsal(run=run, report=report, sandbox=handle, slack=stub)
     finally:
         manage.down(handle.dir)
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def save_charts(stub: SlackStub, directory: Path) -> list[str]:

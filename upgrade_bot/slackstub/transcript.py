@@ -2,7 +2,9 @@
 
 One line per visible thing — a bot post, edit, ephemeral answer, reaction or upload; a person's
 command, click or reaction; a failed call; a Socket Mode disconnect — prefixed with the seconds
-since the first record and where it happened (``#channel`` or ``#channel > thread <ts>``).
+since the first record and where it happened (``#channel`` or ``#channel > thread of m1``).
+Messages are named ``m1``, ``m2``… in the order they appear, so that edits and clicks can be
+followed to the message they are on.
 Read-only calls (history, users.info, auth.test, …) are left out.
 """
 
@@ -92,6 +94,16 @@ class _Renderer:
     def __init__(self, stub: SlackStub) -> None:
         self.ws = stub.workspace
         self.bot = self.ws.bot_name
+        self.labels: dict[str, str] = {}
+
+    def label(self, ts: str | None) -> str:
+        """A short name for a message (``m1``, ``m2``… in the order they appear) instead of
+        its timestamp, so that a reader can follow which message an edit or click is on."""
+        if not ts:
+            return "m?"
+        if ts not in self.labels:
+            self.labels[ts] = f"m{len(self.labels) + 1}"
+        return self.labels[ts]
 
     def gist(self, params: dict[str, Any]) -> str:
         return summary(params, self.ws)
@@ -101,7 +113,7 @@ class _Renderer:
 
     def where(self, channel: str | None, thread_ts: str | None = None) -> str:
         place = "#" + self.ws.channel_name(channel) if channel else "#?"
-        return f"{place} > thread {thread_ts}" if thread_ts else place
+        return f"{place} > thread of {self.label(thread_ts)}" if thread_ts else place
 
     def api(self, c: Call) -> str | None:
         p, r = c.params, c.response if isinstance(c.response, dict) else {}
@@ -115,11 +127,15 @@ class _Renderer:
         channel = r.get("channel") or p.get("channel") or p.get("channel_id")
         match c.method:
             case "chat.postMessage":
-                return f"{self.where(channel, p.get('thread_ts'))} {self.bot}: {self.gist(p)}"
+                where = self.where(channel, p.get("thread_ts"))
+                return f"{where} {self.bot} [{self.label(r.get('ts'))}]: {self.gist(p)}"
             case "chat.update":
-                return f"{self.where(channel)} {self.bot} edited {p.get('ts')}: {self.gist(p)}"
+                return (
+                    f"{self.where(channel)} {self.bot} edited [{self.label(p.get('ts'))}]: "
+                    f"{self.gist(p)}"
+                )
             case "chat.delete":
-                return f"{self.where(channel)} {self.bot} deleted {p.get('ts')}"
+                return f"{self.where(channel)} {self.bot} deleted [{self.label(p.get('ts'))}]"
             case "chat.postEphemeral":
                 return (
                     f"{self.where(channel, p.get('thread_ts'))} (only {self.who(p.get('user'))} "
@@ -128,7 +144,7 @@ class _Renderer:
             case "reactions.add":
                 return (
                     f"{self.where(channel)} {self.bot} reacted :{p.get('name')}: to "
-                    f"{p.get('timestamp')}"
+                    f"[{self.label(p.get('timestamp'))}]"
                 )
             case "files.completeUploadExternal":
                 titles = ", ".join(f.get("title", "?") for f in r.get("files", []))
@@ -172,13 +188,13 @@ class _Renderer:
                 label = action.get("text", {}).get("text", action.get("action_id"))
                 lines.append(
                     f"{where} {self.who(p.get('user', {}).get('id'))} clicked "
-                    f"[{label}] on {container.get('message_ts')}{via}"
+                    f"[{label}] on [{self.label(container.get('message_ts'))}]{via}"
                 )
         elif c.method == "events_api" and p.get("event", {}).get("type") == "reaction_added":
             e = p["event"]
             lines.append(
                 f"{self.where(e['item'].get('channel'))} {self.who(e.get('user'))} "
-                f"reacted :{e.get('reaction')}: to {e['item'].get('ts')}{via}"
+                f"reacted :{e.get('reaction')}: to [{self.label(e['item'].get('ts'))}]{via}"
             )
         elif c.method == "events_api":
             lines.append(f"event {p.get('event', {}).get('type')}{via}")
@@ -193,9 +209,12 @@ class _Renderer:
         if c.status != 200:
             return f"{where} ! response_url refused: {c.response}"
         if p.get("delete_original"):
-            return f"{where} {self.bot} deleted {target.get('message_ts')} (response_url)"
+            return f"{where} {self.bot} deleted [{self.label(target.get('message_ts'))}]"
         if p.get("replace_original"):
-            return f"{where} {self.bot} replaced {target.get('message_ts')}: {self.gist(p)}"
+            return (
+                f"{where} {self.bot} replaced [{self.label(target.get('message_ts'))}]: "
+                f"{self.gist(p)}"
+            )
         if p.get("response_type") == "in_channel":
             return f"{where} {self.bot}: {self.gist(p)} (response_url)"
         return f"{where} (only {self.who(target.get('user'))} sees) {self.bot}: {self.gist(p)}"
