@@ -411,4 +411,3 @@ async def test_two_replicas_post_each_message_once_and_hand_over_when_one_stops(
         assert len(bot.run_messages()) == 1
         assert len(gate_messages(bot)) == 2
         assert shown_once(bot), "two replicas posted the same message"
-
