@@ -129,6 +129,9 @@ async def test_commands_on_a_live_run_then_on_the_finished_run(tmp_path: Path) -
 
         # At the gate, Carol (on call, but no approver here) is refused three times, to no effect.
         gate = await poll(lambda: bot.open_gate(first), f"the gate of {first}")
+        # The run message is edited to say so a moment later (edits are throttled): take the
+        # picture once it has been, so that only the refusals could change it.
+        await poll(lambda: "waiting for approval" in run_text(bot), "the run message at the gate")
         before = (run_text(bot), bot.stub.message(CHANNEL, gate["ts"]))
         assert f"<@{CAROL}> may not approve on {first}" in await click(bot, CAROL, gate)
         for action, verb in (("abort", "abort"), ("rollback", "roll back")):
