@@ -9,7 +9,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
@@ -30,7 +29,7 @@ from upgrade_bot.engine import (
 
 from . import messages, render
 from .commands import USAGE, ParseError, Request, parse
-from .notifier import Notifier
+from .notifier import UNREACHABLE, Notifier
 from .settings import SlackSettings
 from .usergroups import UserGroups
 
@@ -76,7 +75,7 @@ async def _ephemeral(
         await AsyncWebhookClient(url).send(
             text=text, blocks=blocks, response_type="ephemeral", replace_original=False
         )
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+    except UNREACHABLE as exc:
         log.warning("answer to %s through response_url failed: %s", user, type(exc).__name__)
 
 

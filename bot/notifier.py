@@ -436,13 +436,14 @@ class Notifier:
         found = self._gate_known(channel, ts)
         if found is not None:
             return found
-        recent = [*await self.engine.active(), *[r.id for r in await self.engine.history(20)]]
-        for run_id in dict.fromkeys(recent):
-            if run_id in self.threads:
-                continue
-            run = await self.engine.status(run_id)
-            if run.thread_ts and (run.channel or self.settings.channel) == channel:
-                await self._thread(run)
+        runs = {r.id: r for r in await self.engine.history(20)}
+        for run_id in await self.engine.active():  # an active run older than the 20 newest
+            if run_id not in runs:
+                runs[run_id] = await self.engine.status(run_id)
+        for run in runs.values():
+            if run.id not in self.threads and run.thread_ts:
+                if (run.channel or self.settings.channel) == channel:
+                    await self._thread(run)
         return self._gate_known(channel, ts)
 
     def _gate_known(self, channel: str, ts: str) -> tuple[str, str] | None:

@@ -80,6 +80,7 @@ class Engine:
         self.new_id = new_id
         self.clock = clock or SystemClock()
         self._consumer_fences: dict[str, Any] = {}
+        self._consumer_renewed: dict[str, float] = {}
         self.runner = Runner(
             store=store,
             performer=performer,
@@ -336,14 +337,17 @@ class Engine:
         the runs' TTL: the same identity takes it back at once after a restart, another
         replica after the TTL)."""
         ttl = self.config.store.lease_ttl_s
+        now = self.clock.now()
         fence = self._consumer_fences.get(consumer)
-        if fence is not None and await self.store.renew_lease(fence, ttl):
-            return True
-        fence = await self.store.acquire_lease(f"consumer:{consumer}", self.identity, ttl)
+        if fence is not None and now - self._consumer_renewed.get(consumer, 0.0) < ttl / 3:
+            return True  # renewed recently: nobody else can have it yet
+        if fence is None or not await self.store.renew_lease(fence, ttl):
+            fence = await self.store.acquire_lease(f"consumer:{consumer}", self.identity, ttl)
         if fence is None:
             self._consumer_fences.pop(consumer, None)
             return False
         self._consumer_fences[consumer] = fence
+        self._consumer_renewed[consumer] = now
         return True
 
     async def release_consumer(self, consumer: str) -> None:

@@ -28,8 +28,8 @@ from .engine.config import load_config
 from .headless import EXIT_COMPLETED, EXIT_FAILED, EXIT_ROLLED_BACK
 from .sandbox import manage
 from .sandbox.spec import SandboxSpec, group_names, parse_fault
-from .serve import serve
-from .slackstub import SlackStub
+from .serve import serving
+from .slackstub import SlackStub, buttons
 from .wiring import engine_for
 
 REQUESTER = "U0ALICE001"  # alice, in the Slack stand-in's workspace
@@ -102,7 +102,7 @@ class ScriptedPeople:
         raise DemoError(f"the run did not end within {timeout_s:g}s")
 
     async def _act_on(self, message: dict[str, Any]) -> None:
-        actions = _buttons(message)
+        actions = set(buttons(message))
         key = f"{message['ts']}:" + ",".join(sorted(actions))
         if not actions or key in self.clicked:
             return
@@ -134,15 +134,6 @@ def _meta(message: dict[str, Any] | None) -> dict[str, Any]:
 
 def _payload(message: dict[str, Any] | None) -> dict[str, Any]:
     return _meta(message).get("event_payload") or {}
-
-
-def _buttons(message: dict[str, Any]) -> set[str]:
-    return {
-        element["action_id"]
-        for block in message.get("blocks", [])
-        if block.get("type") == "actions"
-        for element in block.get("elements", [])
-    }
 
 
 def build_report(
@@ -214,39 +205,6 @@ def demo_spec(args: argparse.Namespace) -> SandboxSpec:
     )
 
 
-@asynccontextmanager
-async def bot_serving(handle: manage.SandboxHandle, stub: SlackStub) -> AsyncIterator[None]:
-    """The real bot (``serve``) over Socket Mode against the stand-in, for the block's length."""
-    environ = {
-        "SLACK_BOT_TOKEN": stub.workspace.bot_token,
-        "SLACK_APP_TOKEN": stub.workspace.app_token,
-        "SLACK_API_URL": stub.api_url,
-        "REDIS_URL": handle.redis_url,
-        "UPGRADE_BOT_IDENTITY": "demo-bot",
-    }
-    stop, ready = asyncio.Event(), asyncio.Event()
-
-    async def on_ready(info: dict[str, object]) -> None:
-        ready.set()
-
-    task = asyncio.create_task(
-        serve(handle.config_path, stop=stop, on_ready=on_ready, environ=environ)
-    )
-    waiter = asyncio.create_task(ready.wait())
-    try:
-        await asyncio.wait({task, waiter}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            task.result()  # serve could not start: its error, as it is
-        if not ready.is_set():
-            raise DemoError("the bot did not connect to the Slack stand-in within 60s")
-        yield
-    finally:
-        waiter.cancel()
-        stop.set()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 60)
-
-
 async def follow(stub: SlackStub, stop: asyncio.Event, interval_s: float = 0.2) -> None:
     """Print the stand-in's transcript as it grows (what people in the channel would see)."""
     shown = 0
@@ -297,7 +255,12 @@ async def rehearse(args: argparse.Namespace) -> AsyncIterator[Rehearsal]:
         printed = asyncio.Event()
         printer = None if args.quiet else asyncio.create_task(follow(stub, printed))
         try:
-            async with bot_serving(handle, stub):
+            environ = {
+                **stub.environ(),
+                "REDIS_URL": handle.redis_url,
+                "UPGRADE_BOT_IDENTITY": "demo-bot",
+            }
+            async with serving(handle.config_path, environ=environ):
                 traffic_before = handle.status()["traffic"]
                 started = time.monotonic()
                 run_id = await ScriptedPeople(stub, settings.channel).upgrade(args.to_version)

@@ -11,11 +11,11 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import aiohttp
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from slack_sdk.errors import SlackApiError
@@ -24,7 +24,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from .bot.app import build_app, web_client
 from .bot.listeners import BotContext
-from .bot.notifier import Notifier
+from .bot.notifier import UNREACHABLE, Notifier
 from .bot.settings import SlackSettings, slack_settings
 from .bot.usergroups import UserGroups
 from .engine import Engine, LeaseBusy, LeaseLost
@@ -43,6 +43,10 @@ class SlackSecrets:
     app_token: str | None
     signing_secret: str | None
     api_url: str | None
+
+    @property
+    def base_url(self) -> str:
+        return self.api_url or "https://slack.com/api/"
 
     @classmethod
     def from_env(cls, *, http: bool, environ: dict[str, str] | None = None) -> SlackSecrets:
@@ -130,6 +134,7 @@ SLACK_AUTH_ERRORS = frozenset(
 
 async def check_slack(
     client: AsyncWebClient,
+    app_client: AsyncWebClient,
     secrets: SlackSecrets,
     *,
     http: bool,
@@ -139,7 +144,7 @@ async def check_slack(
     """Ask Slack (``auth.test``, ``apps.connections.open`` for Socket Mode, and a look at the
     channel) whether the tokens and the channel work before serving, so that a wrong token or
     channel is one clear line, not a retry loop or a run nobody sees. Returns who the bot is."""
-    where = secrets.api_url or "https://slack.com/api/"
+    where = secrets.base_url
     try:
         auth = await client.auth_test()
         try:
@@ -156,9 +161,8 @@ async def check_slack(
                 ],
             ) from None
         if not http:
-            opener = AsyncWebClient(base_url=where)
             try:
-                await opener.apps_connections_open(app_token=secrets.app_token)
+                await app_client.apps_connections_open(app_token=secrets.app_token)
             except SlackApiError as exc:
                 error = exc.response.get("error")
                 raise ConfigError(
@@ -175,7 +179,7 @@ async def check_slack(
                 "environment", [f"SLACK_BOT_TOKEN was refused by Slack ({error})"]
             ) from None
         raise StartupError(f"Slack answered auth.test with an error: {error}") from None
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+    except UNREACHABLE as exc:
         raise StartupError(
             f"the Slack Web API at {host_port(where)} is unreachable ({type(exc).__name__}); "
             "check the network or SLACK_API_URL"
@@ -209,8 +213,14 @@ async def serve(
         clock=clock,
     ) as engine:
         client = web_client(secrets.bot_token, secrets.api_url)
+        app_client = AsyncWebClient(base_url=secrets.base_url)  # app-level token calls
         identity = await check_slack(
-            client, secrets, http=http, channel=settings.channel, config_path=str(config_path)
+            client,
+            app_client,
+            secrets,
+            http=http,
+            channel=settings.channel,
+            config_path=str(config_path),
         )
         principals = [
             p
@@ -257,7 +267,7 @@ async def serve(
                 handler = AsyncSocketModeHandler(
                     app,
                     secrets.app_token,
-                    web_client=AsyncWebClient(base_url=secrets.api_url or "https://slack.com/api/"),
+                    web_client=app_client,
                 )
                 await handler.connect_async()
                 socket = handler.client  # type: ignore[assignment]
@@ -279,3 +289,34 @@ async def serve(
                 await socket.close()
             if runner is not None:
                 await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    config_path: Path, *, ready_within_s: float = 60.0, **options: Any
+) -> AsyncIterator[dict[str, object]]:
+    """``serve`` in this process for the block's length (the demo, tests): yields once the bot
+    is connected (``on_ready``'s info), raises serve's own error if it cannot start, and stops
+    it gracefully when the block ends."""
+    stop, ready = asyncio.Event(), asyncio.Event()
+    info: dict[str, object] = {}
+
+    async def on_ready(reported: dict[str, object]) -> None:
+        info.update(reported)
+        ready.set()
+
+    task = asyncio.create_task(serve(config_path, stop=stop, on_ready=on_ready, **options))
+    waiter = asyncio.create_task(ready.wait())
+    try:
+        await asyncio.wait(
+            {task, waiter}, timeout=ready_within_s, return_when=asyncio.FIRST_COMPLETED
+        )
+        if task.done():
+            task.result()  # serve could not start: its error, as it is
+        if not ready.is_set():
+            raise StartupError(f"the bot was not ready within {ready_within_s:g}s")
+        yield info
+    finally:
+        waiter.cancel()
+        stop.set()
+        await asyncio.wait_for(task, 60)

@@ -23,8 +23,8 @@ import yaml
 from upgrade_bot.engine.runner import SystemClock
 from upgrade_bot.sandbox import manage
 from upgrade_bot.sandbox.spec import SandboxSpec, group_names
-from upgrade_bot.serve import serve
-from upgrade_bot.slackstub import SignedSender, SlackStub
+from upgrade_bot.serve import serving
+from upgrade_bot.slackstub import SignedSender, SlackStub, buttons
 
 from ..conftest import free_port
 
@@ -60,15 +60,6 @@ async def poll(predicate: Callable[[], Any], what: str, within: float = 120) -> 
             return value
         await asyncio.sleep(0.05)
     pytest.fail(f"timed out waiting for {what}\n" + "\n".join(_TRANSCRIPTS[-1]()[-40:]))
-
-
-def buttons(message: dict[str, Any] | None) -> dict[str, str]:
-    """action_id → value of every button on a message."""
-    out = {}
-    for block in (message or {}).get("blocks", []):
-        for element in block.get("elements", []) if block.get("type") == "actions" else []:
-            out[element["action_id"]] = element.get("value", "")
-    return out
 
 
 class ShiftedClock(SystemClock):
@@ -154,14 +145,7 @@ class Harness:
 
 
 def bot_env(stub: SlackStub, handle: manage.SandboxHandle) -> dict[str, str]:
-    return {
-        "SLACK_BOT_TOKEN": stub.workspace.bot_token,
-        "SLACK_APP_TOKEN": stub.workspace.app_token,
-        "SLACK_API_URL": stub.api_url,
-        "REDIS_URL": handle.redis_url,
-        "UPGRADE_BOT_IDENTITY": "e2e-bot",
-        "SLACK_SIGNING_SECRET": stub.workspace.signing_secret,
-    }
+    return {**stub.environ(), "REDIS_URL": handle.redis_url, "UPGRADE_BOT_IDENTITY": "e2e-bot"}
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -211,43 +195,22 @@ async def bot_process(
     """One life of the bot: ``serve`` started, then stopped when the block ends. Yields the port
     of its HTTP endpoint (HTTP mode)."""
     stub, handle = harness.stub, harness.handle
-    stop, ready = asyncio.Event(), asyncio.Event()
-
-    async def on_ready(info: dict[str, object]) -> None:
-        ready.set()
-
     connections = len(stub.socket.open_connections)
     port = port or free_port()
-    task = asyncio.create_task(
-        serve(
-            handle.config_path,
-            http=http,
-            host="127.0.0.1",
-            port=port,
-            stop=stop,
-            on_ready=on_ready,
-            environ={**bot_env(stub, handle), "UPGRADE_BOT_IDENTITY": identity},
-            clock=harness.clock,
-        )
-    )
-    try:
-        waiter = asyncio.create_task(ready.wait())
-        done, _ = await asyncio.wait(
-            {task, waiter}, timeout=60, return_when=asyncio.FIRST_COMPLETED
-        )
-        waiter.cancel()
-        if task in done:
-            task.result()  # serve failed to start: raise its error
-        assert ready.is_set(), "the bot did not get ready within 60 s"
+    async with serving(
+        handle.config_path,
+        http=http,
+        host="127.0.0.1",
+        port=port,
+        environ={**bot_env(stub, handle), "UPGRADE_BOT_IDENTITY": identity},
+        clock=harness.clock,
+    ):
         if not http:
             await poll(lambda: len(stub.socket.open_connections) > connections, "a connection", 30)
         harness.sender = SignedSender(
             stub.workspace.signing_secret, f"http://127.0.0.1:{port}/slack/events", stub=stub
         )
         yield port
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 60)
 
 
 @contextlib.asynccontextmanager

@@ -53,12 +53,7 @@ def write_config(tmp_path: Path, data: object = None, text: str | None = None) -
 def env_for(stub: SlackStub | None, redis_url: str | None, **changes: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "REDIS_URL"))}
     if stub is not None:
-        env.update(
-            SLACK_BOT_TOKEN=stub.workspace.bot_token,
-            SLACK_APP_TOKEN=stub.workspace.app_token,
-            SLACK_SIGNING_SECRET=stub.workspace.signing_secret,
-            SLACK_API_URL=stub.api_url,
-        )
+        env.update(stub.environ())
     if redis_url is not None:
         env["REDIS_URL"] = redis_url
     for key, value in changes.items():

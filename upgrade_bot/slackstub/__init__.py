@@ -21,7 +21,7 @@ from .server import SlackStub
 from .signing import HttpDelivery, SignedSender, sign, url_verification
 from .socketmode import AckTimeout, Delivery, NotConnected
 from .transcript import transcript
-from .users import Users
+from .users import Users, buttons
 from .workspace import Workspace
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "SlackStub",
     "Users",
     "Workspace",
+    "buttons",
     "sign",
     "transcript",
     "url_verification",

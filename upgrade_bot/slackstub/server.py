@@ -145,6 +145,17 @@ class SlackStub:
         """``ws://127.0.0.1:P``."""
         return "ws" + self.url.removeprefix("http")
 
+    def environ(self) -> dict[str, str]:
+        """The environment a bot needs to use this stand-in as its Slack (tokens, signing
+        secret, ``SLACK_API_URL``)."""
+        ws = self.workspace
+        return {
+            "SLACK_BOT_TOKEN": ws.bot_token,
+            "SLACK_APP_TOKEN": ws.app_token,
+            "SLACK_SIGNING_SECRET": ws.signing_secret,
+            "SLACK_API_URL": self.api_url,
+        }
+
     def web_client(self, token: str | None = None, **kwargs: Any) -> AsyncWebClient:
         """A real slack_sdk client pointed at the stub (bot token unless told otherwise)."""
         return AsyncWebClient(

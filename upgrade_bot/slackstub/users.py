@@ -43,6 +43,15 @@ def _elements(blocks: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], di
             yield block, accessory
 
 
+def buttons(message: dict[str, Any] | None) -> dict[str, str]:
+    """action_id → value of every button a person sees on ``message``."""
+    return {
+        el["action_id"]: el.get("value", "")
+        for _, el in _elements((message or {}).get("blocks", []))
+        if el.get("type") == "button" and "action_id" in el
+    }
+
+
 class Users:
     """The people of the stub's workspace, acting through Slack."""
 

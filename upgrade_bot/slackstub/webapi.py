@@ -416,15 +416,20 @@ class WebApi:
             "message": self.state.view(channel, msg, include_metadata=True),
         }
 
-    def chat_update(self, p: Params) -> dict[str, Any]:
-        """chat.update."""
+    def _own_message(self, p: Params, not_ours: str) -> tuple[str, str, dict[str, Any]]:
+        """(channel, ts, message) of the bot's own message named by ``channel`` and ``ts``."""
         channel = self._channel(p)
         ts = p.required("ts")
         msg = self.state.find(channel, ts)
         if msg is None:
             raise ApiError("message_not_found")
         if msg.get("user") != self.ws.bot_user_id:
-            raise ApiError("cant_update_message")
+            raise ApiError(not_ours)
+        return channel, ts, msg
+
+    def chat_update(self, p: Params) -> dict[str, Any]:
+        """chat.update."""
+        channel, ts, msg = self._own_message(p, "cant_update_message")
         content = self._content(p, require=True)
         metadata = self._metadata(p)
         self.update_message(msg, content, metadata)
@@ -437,13 +442,7 @@ class WebApi:
 
     def chat_delete(self, p: Params) -> dict[str, Any]:
         """chat.delete."""
-        channel = self._channel(p)
-        ts = p.required("ts")
-        msg = self.state.find(channel, ts)
-        if msg is None:
-            raise ApiError("message_not_found")
-        if msg.get("user") != self.ws.bot_user_id:
-            raise ApiError("cant_delete_message")
+        channel, ts, _ = self._own_message(p, "cant_delete_message")
         self.state.delete(channel, ts)
         return {"channel": channel, "ts": ts}
 
