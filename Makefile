@@ -1,4 +1,4 @@
-# Two commands on a fresh machine: `make demo` and `make test`.
+# Two commands on a fresh machine: `make demo` and `make test`; `make check` while you work.
 # Each creates .venv and installs what it needs (system packages too, as root on Debian).
 
 PYTHON ?= python3
@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint lock system-deps clean
+.PHONY: demo test check lint lock system-deps clean
 
 $(STAMP): requirements.lock pyproject.toml setup.py scripts/install-system-deps.sh
 	sh scripts/install-system-deps.sh
@@ -19,8 +19,16 @@ $(STAMP): requirements.lock pyproject.toml setup.py scripts/install-system-deps.
 demo: $(STAMP)
 	$(BIN)/upgrade-bot demo
 
+# The whole suite, as CI runs it (.ci/run).
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The fast lane, under 2 minutes: lint, then every test not marked `traffic` (the import
+# contracts in tests/test_architecture.py, all pure engine and Slack-rendering tests among them).
+# `traffic` tests drive sustained traffic or whole runs through sandboxes and real bot processes.
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m "not traffic"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -4,15 +4,14 @@ to the engine and answers the person privately (ephemeral) when something is ref
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from slack_bolt.async_app import AsyncAck, AsyncApp
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
-from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from upgrade_bot.engine import (
     Command,
@@ -20,6 +19,7 @@ from upgrade_bot.engine import (
     Duplicate,
     Engine,
     EngineError,
+    EventKind,
     GroupBusy,
     Refused,
     Run,
@@ -28,14 +28,18 @@ from upgrade_bot.engine import (
 )
 
 from . import messages, render
-from .commands import USAGE, ParseError, Request, parse
+from .commands import COMMANDS, ParseError, Request, Subcommand, parse
 from .notifier import UNREACHABLE, Notifier
 from .settings import SlackSettings
 from .usergroups import UserGroups
 
 log = logging.getLogger(__name__)
 
-GATE_ACTIONS = {"gate_approve": "approve", "gate_pause": "pause", "gate_rollback": "rollback"}
+GATE_ACTIONS = {
+    render.ACTION_APPROVE: "approve",
+    render.ACTION_PAUSE: "pause",
+    render.ACTION_ROLLBACK: "rollback",
+}
 
 
 @dataclass
@@ -46,11 +50,11 @@ class BotContext:
     notifier: Notifier
 
 
-RESPONSE_URL: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "response_url", default=None
+RESPOND: contextvars.ContextVar[AsyncRespond | None] = contextvars.ContextVar(
+    "respond", default=None
 )
-"""The ``response_url`` of the command or click being answered (each listener runs in its own
-task, so each sees its own)."""
+"""bolt's ``respond`` of the command or click being answered (each listener runs in its own
+task, so each sees its own); None for events, which have no ``response_url``."""
 
 
 async def _ephemeral(
@@ -67,38 +71,44 @@ async def _ephemeral(
         return
     except SlackApiError as exc:
         error = exc.response.get("error")
-    url = RESPONSE_URL.get()
-    if url is None or error not in ("channel_not_found", "not_in_channel", "is_archived"):
+    respond = RESPOND.get()
+    if respond is None or error not in ("channel_not_found", "not_in_channel", "is_archived"):
         log.warning("ephemeral answer to %s failed: %s", user, error)
         return
     try:
-        await AsyncWebhookClient(url).send(
-            text=text, blocks=blocks, response_type="ephemeral", replace_original=False
-        )
+        await respond(text=text, blocks=blocks, response_type="ephemeral", replace_original=False)
     except UNREACHABLE as exc:
         log.warning("answer to %s through response_url failed: %s", user, type(exc).__name__)
+
+
+async def _show(client: AsyncWebClient, channel: str, user: str, message: render.Message) -> None:
+    """A rendered message (a plan, a status), shown to one person privately."""
+    await _ephemeral(client, channel, user, message.text, message.block_dicts())
 
 
 def register(app: AsyncApp, ctx: BotContext) -> None:
     """Attach every listener of the bot to ``app``."""
 
     @app.command(ctx.settings.command)
-    async def on_command(ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient) -> None:
+    async def on_command(
+        ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient, respond: AsyncRespond
+    ) -> None:
         """The slash command: parse errors answered in the ack itself; work after the ack."""
-        RESPONSE_URL.set(body.get("response_url"))
+        RESPOND.set(respond)
         try:
             request = parse(body.get("text", ""))
         except ParseError as exc:
             await ack(text=messages.usage_error(str(exc), exc.usage, ctx.settings.command))
             return
-        if request.action == "help":
+        answer = ANSWERS.get(COMMANDS[request.action].answer or "")
+        if answer is None:  # help: answered in the ack itself
             await ack(text=messages.help_text(ctx.settings.command))
             return
         await ack()
         user, channel = body["user_id"], body["channel_id"]
         dedupe = f"slack:cmd:{body.get('trigger_id') or body.get('command_ts', '')}"
         try:
-            await _handle_command(ctx, client, request, user, channel, dedupe)
+            await answer(ctx, client, request, user, channel, dedupe)
         except Duplicate:
             log.info("duplicate delivery of a command from %s ignored", user)
         except UnknownRun as exc:
@@ -115,35 +125,39 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
     @app.action({"action_id": "gate_approve"})
     @app.action({"action_id": "gate_pause"})
     @app.action({"action_id": "gate_rollback"})
-    async def on_gate_button(ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient) -> None:
+    async def on_gate_button(
+        ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient, respond: AsyncRespond
+    ) -> None:
         """A gate button: approve, pause or roll back — only while that gate is pending."""
         await ack()
-        RESPONSE_URL.set(body.get("response_url"))
+        RESPOND.set(respond)
         action = body["actions"][0]
         await _gate_action(
             ctx,
             client,
             body,
             GATE_ACTIONS[action["action_id"]],
-            json.loads(action.get("value") or "{}"),
+            render.read_value(action.get("value") or "{}"),
         )
 
     @app.action({"action_id": "reaction_confirm"})
     async def on_reaction_confirm(
-        ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient
+        ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient, respond: AsyncRespond
     ) -> None:
         """The ephemeral Confirm after a reaction on a production gate."""
         await ack()
-        RESPONSE_URL.set(body.get("response_url"))
-        value = json.loads(body["actions"][0].get("value") or "{}")
+        RESPOND.set(respond)
+        value = render.read_value(body["actions"][0].get("value") or "{}")
         await _gate_action(ctx, client, body, value.get("action", "approve"), value)
 
     @app.action({"action_id": "changelog_ack"})
-    async def on_changelog_ack(ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient) -> None:
+    async def on_changelog_ack(
+        ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient, respond: AsyncRespond
+    ) -> None:
         """The requester acknowledges the changelog entries between versions."""
         await ack()
-        RESPONSE_URL.set(body.get("response_url"))
-        value = json.loads(body["actions"][0].get("value") or "{}")
+        RESPOND.set(respond)
+        value = render.read_value(body["actions"][0].get("value") or "{}")
         await _run_command(
             ctx, client, body, value.get("run", ""), Command("acknowledge", body["user"]["id"])
         )
@@ -160,7 +174,7 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
         item = event.get("item") or {}
         if action is None or item.get("type") != "message":
             return
-        if not await ctx.engine.first_delivery(f"slack:event:{body.get('event_id')}"):
+        if not await ctx.engine.feed.first_delivery(f"slack:event:{body.get('event_id')}"):
             return
         found = await ctx.notifier.gate_at(item["channel"], item["ts"])
         if found is None:
@@ -174,9 +188,7 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
             message = render.reaction_confirm(
                 run_id, gate_id, action, group, reactions=ctx.settings.reactions
             )
-            await _ephemeral(
-                client, item["channel"], user, message.text, [b.to_dict() for b in message.blocks]
-            )
+            await _show(client, item["channel"], user, message)
             return
         decision = await ctx.engine.command(
             run_id, Command(action, user, await ctx.usergroups.groups_of(user), gate_id=gate_id)
@@ -191,7 +203,7 @@ async def _gate_action(
     client: AsyncWebClient,
     body: dict[str, Any],
     action: str,
-    value: dict[str, Any],
+    value: dict[str, str],
 ) -> None:
     user = body["user"]["id"]
     channel = (body.get("channel") or {}).get("id") or ctx.settings.channel
@@ -204,7 +216,7 @@ async def _gate_action(
             body["actions"][0].get("action_ts"),
         )
     )
-    if not await ctx.engine.first_delivery(key):
+    if not await ctx.engine.feed.first_delivery(key):
         return
     await _run_command(
         ctx,
@@ -260,84 +272,133 @@ async def _gate_outcome(
     """How a gate was decided (approved, rollback, paused, expired, aborted) and by whom."""
     if run.gate is not None and run.gate.id == gate_id and run.gate.decision:
         return run.gate.decision, tuple(run.gate.decided_by)
-    for _, event in reversed(await engine.events(run.id)):
-        if event.get("gate") == gate_id and event.get("type") == "gate_expired":
+    for _, event in reversed(await engine.feed.events(run.id)):
+        if event.get("gate") == gate_id and event.get("type") == EventKind.GATE_EXPIRED:
             return "expired", ()
-        if event.get("gate") == gate_id and event.get("type") == "gate_decided":
+        if event.get("gate") == gate_id and event.get("type") == EventKind.GATE_DECIDED:
             return event.get("decision"), tuple(event.get("by") or ())
     return None, ()
 
 
-async def _handle_command(
+# --- answers to the slash command: one per entry named in commands.COMMANDS ----------------------
+
+Answer = Callable[[BotContext, AsyncWebClient, Request, str, str, str], Awaitable[None]]
+"""(ctx, client, request, user, channel, dedupe key) → the person answered."""
+
+
+async def _answer_plan(
     ctx: BotContext, client: AsyncWebClient, request: Request, user: str, channel: str, dedupe: str
 ) -> None:
+    """``plan``: what a run would do, shown to the asker."""
+    plan = await ctx.engine.plan(request.version or "", list(request.groups) or None)
+    await _show(client, channel, user, render.plan_message(plan))
+
+
+async def _answer_start(
+    ctx: BotContext, client: AsyncWebClient, request: Request, user: str, channel: str, dedupe: str
+) -> None:
+    """``start``: a new run, announced in the channel; the asker gets where to follow it."""
     engine = ctx.engine
-    groups = await ctx.usergroups.groups_of(user)
-    if request.action == "plan":
-        plan = await engine.plan(request.version or "", list(request.groups) or None)
-        message = render.plan_message(plan)
-        await _ephemeral(client, channel, user, message.text, [b.to_dict() for b in message.blocks])
-    elif request.action == "start":
-        try:
-            run = await engine.start(
-                request.version or "",
-                list(request.groups) or None,
-                requester=user,
-                user_groups=groups,
-                approval_mode="auto" if request.auto else "human",
-                overrides=request.overrides,
-                waiver=request.waiver,
-                request_id=dedupe,
-                channel=ctx.settings.channel,
-            )
-        except GroupBusy as exc:
-            holder = await engine.status(exc.run_id)
-            await _ephemeral(
-                client,
-                channel,
-                user,
-                messages.group_busy(exc.group, exc.run_id, holder.channel or ctx.settings.channel),
-            )
-            return
-        await _ephemeral(client, channel, user, messages.started(run.id, ctx.settings.channel))
-    elif request.action == "status":
-        if request.run_id:
-            run = await engine.status(request.run_id)
-            message = render.status_message(run)
-            await _ephemeral(
-                client, channel, user, message.text, [b.to_dict() for b in message.blocks]
-            )
-        elif not (active := await engine.active()):
-            await _ephemeral(client, channel, user, messages.no_active_run(ctx.settings.command))
-        else:
-            message = render.history_message([await engine.status(r) for r in active], active=True)
-            await _ephemeral(
-                client, channel, user, message.text, [b.to_dict() for b in message.blocks]
-            )
-    elif request.action == "history":
-        message = render.history_message(await engine.history(request.limit))
-        await _ephemeral(client, channel, user, message.text, [b.to_dict() for b in message.blocks])
-    elif request.action == "unlock":
-        former = await engine.break_lock(
-            request.groups[0], user=user, user_groups=groups, reason=request.reason or ""
-        )
-        await _ephemeral(client, channel, user, messages.unlocked(request.groups[0], former))
-    else:
-        action = "acknowledge" if request.action == "ack" else request.action
-        decision = await engine.command(
-            request.run_id or "",
-            Command(action, user, groups, reason=request.reason),
+    try:
+        run = await engine.start(
+            request.version or "",
+            list(request.groups) or None,
+            requester=user,
+            user_groups=await ctx.usergroups.groups_of(user),
+            approval_mode="auto" if request.auto else "human",
+            overrides=request.overrides,
+            waiver=request.waiver,
             request_id=dedupe,
+            channel=ctx.settings.channel,
         )
-        if decision.refusal:
-            await _ephemeral(client, channel, user, await _refusal(ctx, decision, user))
-        else:
-            await _ephemeral(
-                client,
-                channel,
-                user,
-                messages.done(request.action, decision.run.id, decision.run.state),
-            )
+    except GroupBusy as exc:
+        holder = await engine.status(exc.run_id)
+        await _ephemeral(
+            client,
+            channel,
+            user,
+            messages.group_busy(exc.group, exc.run_id, holder.channel or ctx.settings.channel),
+        )
+        return
+    await _ephemeral(client, channel, user, messages.started(run.id, ctx.settings.channel))
 
 
-__all__ = ["USAGE", "BotContext", "register"]
+async def _answer_status(
+    ctx: BotContext, client: AsyncWebClient, request: Request, user: str, channel: str, dedupe: str
+) -> None:
+    """``status``: one run in detail, or the runs under way."""
+    engine = ctx.engine
+    if request.run_id:
+        await _show(
+            client, channel, user, render.status_message(await engine.status(request.run_id))
+        )
+    elif not (active := await engine.active()):
+        await _ephemeral(client, channel, user, messages.no_active_run(ctx.settings.command))
+    else:
+        runs = [await engine.status(r) for r in active]
+        await _show(client, channel, user, render.history_message(runs, active=True))
+
+
+async def _answer_history(
+    ctx: BotContext, client: AsyncWebClient, request: Request, user: str, channel: str, dedupe: str
+) -> None:
+    """``history``: recent runs, one line each."""
+    runs = await ctx.engine.history(request.limit)
+    await _show(client, channel, user, render.history_message(runs))
+
+
+async def _answer_unlock(
+    ctx: BotContext, client: AsyncWebClient, request: Request, user: str, channel: str, dedupe: str
+) -> None:
+    """``unlock``: break-glass, free a group whose run is gone."""
+    former = await ctx.engine.break_lock(
+        request.groups[0],
+        user=user,
+        user_groups=await ctx.usergroups.groups_of(user),
+        reason=request.reason or "",
+    )
+    await _ephemeral(client, channel, user, messages.unlocked(request.groups[0], former))
+
+
+async def _answer_run(
+    ctx: BotContext, client: AsyncWebClient, request: Request, user: str, channel: str, dedupe: str
+) -> None:
+    """``pause``, ``resume``, ``approve``, ``rollback``, ``abort``, ``ack``: a command to a run."""
+    action = "acknowledge" if request.action == "ack" else request.action
+    decision = await ctx.engine.command(
+        request.run_id or "",
+        Command(action, user, await ctx.usergroups.groups_of(user), reason=request.reason),
+        request_id=dedupe,
+    )
+    if decision.refusal:
+        await _ephemeral(client, channel, user, await _refusal(ctx, decision, user))
+    else:
+        await _ephemeral(
+            client,
+            channel,
+            user,
+            messages.done(request.action, decision.run.id, decision.run.state),
+        )
+
+
+ANSWERS: dict[str, Answer] = {
+    "plan": _answer_plan,
+    "start": _answer_start,
+    "status": _answer_status,
+    "history": _answer_history,
+    "unlock": _answer_unlock,
+    "run": _answer_run,
+}
+"""The answers ``commands.COMMANDS`` names; a name missing here fails at import, not in use."""
+
+
+def unanswered(commands: Iterable[Subcommand], answers: Mapping[str, Answer]) -> set[str]:
+    """Subcommands whose answer is named but not defined."""
+    return {c.name for c in commands if c.answer is not None and c.answer not in answers}
+
+
+if missing := unanswered(COMMANDS.values(), ANSWERS):
+    raise ImportError(f"subcommands without an answer in bot/listeners.py: {sorted(missing)}")
+
+
+__all__ = ["ANSWERS", "BotContext", "register"]

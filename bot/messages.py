@@ -27,8 +27,13 @@ from upgrade_bot.engine import (
     ROLLING_BACK,
     RUNNING,
     WAITING,
+    EventKind,
     Run,
+    ms,
+    pct,
 )
+
+from .commands import COMMANDS
 
 DEFAULT_COMMAND = "/upgrade"
 TIMES = "\N{MULTIPLICATION SIGN}"  # as in "3.8.0 x2": two instances run 3.8.0
@@ -102,14 +107,6 @@ def duration(seconds: float) -> str:
     return f"{hours} h {minutes} min" if minutes else f"{hours} h"
 
 
-def pct(ratio: Any) -> str:
-    return "n/a" if ratio is None else f"{float(ratio) * 100:.2f}%"
-
-
-def ms(value: Any) -> str:
-    return "n/a" if value is None else f"{float(value):.0f} ms"
-
-
 def rate(per_s: Any) -> str:
     return f"{float(per_s):,.0f}/s" if float(per_s) >= 10 else f"{float(per_s):.1f}/s"
 
@@ -145,37 +142,17 @@ def listing(items: Sequence[str], limit: int = 5) -> str:
 
 # --- the slash command ----------------------------------------------------------------------------
 
-# Subcommand → (arguments, what it does), in the syntax bot/commands.py parses.
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "plan": ("VERSION [GROUP ...]", "what an upgrade would do; changes nothing"),
-    "start": (
-        'VERSION [GROUP ...] [--override cp-version|unhealthy] [--waiver "REASON"] [--auto]',
-        "upgrade one group at a time, in the order given (all groups when none named)",
-    ),
-    "status": ("[RUN]", "where a run stands (the active runs without RUN)"),
-    "pause": ("RUN [REASON]", "stop after the current step; resume later"),
-    "resume": ("RUN", "carry on after a pause or hold"),
-    "approve": ("RUN", "approve the group waiting at the gate"),
-    "rollback": ("RUN [REASON]", "restore every upgraded instance, newest group first"),
-    "abort": ("RUN [REASON]", "stop where it is, no rollback"),
-    "ack": ("RUN", "acknowledge the changelog (the requester only)"),
-    "history": ("[COUNT]", "recent runs"),
-    "unlock": ("GROUP REASON", "break-glass: free a group whose run is gone (audited)"),
-    "help": ("", "this help"),
-}
-
 
 def usage(subcommand: str, command: str = DEFAULT_COMMAND) -> str:
     """The one-line usage of a subcommand."""
-    args, _ = SUBCOMMANDS[subcommand]
-    return f"Usage: `{command} {subcommand}{' ' + args if args else ''}`"
+    return f"Usage: `{command} {COMMANDS[subcommand].usage}`"
 
 
 def help_text(command: str = DEFAULT_COMMAND) -> str:
     """The help: one short line per subcommand."""
     lines = [f"*{command}* upgrades gateway groups one at a time, with approval between them."]
-    for name, (args, what) in SUBCOMMANDS.items():
-        lines.append(f"`{command} {name}{' ' + args if args else ''}` — {what}")
+    for sub in COMMANDS.values():
+        lines.append(f"`{command} {sub.usage}` — {sub.summary}")
     lines.append("Approve, pause and roll back are also buttons and reactions on the gate message.")
     return "\n".join(lines)
 
@@ -185,18 +162,6 @@ def usage_error(problem: str, usage_line: str | None, command: str = DEFAULT_COM
     if usage_line:
         return f"{problem} Usage: `{command} {usage_line}`"
     return f"{problem} Try `{command} help`."
-
-
-def unknown_subcommand(word: str, command: str = DEFAULT_COMMAND) -> str:
-    return f"I don't know `{esc(word)}`. Try `{command} help`."
-
-
-def missing_argument(subcommand: str, what: str, command: str = DEFAULT_COMMAND) -> str:
-    return f"{what.capitalize()} is missing. {usage(subcommand, command)}"
-
-
-def unknown_option(option: str, subcommand: str, command: str = DEFAULT_COMMAND) -> str:
-    return f"`{esc(option)}` is not an option of {subcommand}. {usage(subcommand, command)}"
 
 
 # --- refusals and errors (ephemeral) --------------------------------------------------------------
@@ -253,13 +218,6 @@ def no_active_run(command: str = DEFAULT_COMMAND) -> str:
     return f"No upgrade is running. `{command} history` lists recent runs."
 
 
-def ambiguous_run(run_ids: Sequence[str], subcommand: str, command: str = DEFAULT_COMMAND) -> str:
-    return (
-        f"{len(run_ids)} runs are active: {', '.join(code(r) for r in run_ids)}. "
-        f"Name one: `{command} {subcommand} RUN`."
-    )
-
-
 def refused(reason: str, to: str | None = None) -> str:
     """The engine's own refusal, passed on (its text already says why). Where it names ``to``,
     the person refused, by user ID, they read their name instead."""
@@ -269,20 +227,9 @@ def refused(reason: str, to: str | None = None) -> str:
     return f":no_entry_sign: {text[:1].upper()}{text[1:]}."
 
 
-def waiver_needs_reason(command: str = DEFAULT_COMMAND) -> str:
-    return f"A backup waiver needs a reason. {usage('start', command)}"
-
-
 def try_again(detail: str) -> str:
     """A passing fault (Redis, the Web API): nothing was decided, the same request may work."""
     return f":hourglass: Could not do that just now ({esc(detail)}). Try again in a moment."
-
-
-def internal_error(reference: str) -> str:
-    return (
-        f":warning: Something went wrong on my side (ref {code(reference)}). "
-        "Check the run's thread or status before trying again."
-    )
 
 
 # --- confirmations (ephemeral) --------------------------------------------------------------------
@@ -577,10 +524,6 @@ def status_commands(run: Run, command: str = DEFAULT_COMMAND) -> str:
     else:
         actions = ["pause", "rollback", "abort"]
     return " · ".join(f"`{command} {a} {rid}`" for a in actions)
-
-
-def no_runs_active() -> str:
-    return ":zzz: No upgrade is running."
 
 
 def active_title(n: int) -> str:
@@ -1007,14 +950,14 @@ def checkin_group(name: str, ready: int, slots: int, versions: Sequence[str], r5
 
 
 _FINAL = {
-    "run_completed": ":white_check_mark: Upgrade to {v} completed",
-    "run_rolled_back": ":leftwards_arrow_with_hook: Upgrade to {v} rolled back",
-    "run_failed": ":x: Upgrade to {v} failed",
-    "run_aborted": ":no_entry_sign: Upgrade to {v} aborted",
+    EventKind.RUN_COMPLETED: ":white_check_mark: Upgrade to {v} completed",
+    EventKind.RUN_ROLLED_BACK: ":leftwards_arrow_with_hook: Upgrade to {v} rolled back",
+    EventKind.RUN_FAILED: ":x: Upgrade to {v} failed",
+    EventKind.RUN_ABORTED: ":no_entry_sign: Upgrade to {v} aborted",
 }
 
 
-def final_headline(event_type: str, target: str | None, run_id: str, reason: str) -> str:
+def final_headline(event_type: EventKind, target: str | None, run_id: str, reason: str) -> str:
     if target is None:  # rendered from the event alone: name the run instead
         head = _FINAL[event_type].replace("Upgrade to {v}", f"Run {code(run_id)}")
     else:

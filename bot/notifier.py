@@ -24,7 +24,7 @@ import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from upgrade_bot.engine import Engine, Run
+from upgrade_bot.engine import FINAL_KINDS, Engine, EventKind, Run, kind_of
 
 from . import charts, render
 from .settings import SlackSettings
@@ -34,30 +34,31 @@ log = logging.getLogger(__name__)
 CONSUMER = "slack"
 UNREACHABLE = (aiohttp.ClientError, OSError, TimeoutError)
 """Slack could not be reached (or its answer was lost): not a refusal, try again."""
+TERMINAL_EVENTS = FINAL_KINDS
 RUN_STATE_EVENTS = frozenset(
     {
-        "group_started",
-        "gate_opened",
-        "gate_decided",
-        "gate_expired",
-        "paused",
-        "resumed",
-        "held",
-        "hold_ended",
-        "rollback_started",
-        "observation_started",
-        "run_completed",
-        "run_rolled_back",
-        "run_failed",
-        "run_aborted",
-        "changelog",
-        "changelog_acknowledged",
-        "config_changed",
-        "slot_restored",
+        EventKind.GROUP_STARTED,
+        EventKind.GATE_OPENED,
+        EventKind.GATE_DECIDED,
+        EventKind.GATE_EXPIRED,
+        EventKind.PAUSED,
+        EventKind.RESUMED,
+        EventKind.HELD,
+        EventKind.HOLD_ENDED,
+        EventKind.ROLLBACK_STARTED,
+        EventKind.OBSERVATION_STARTED,
+        EventKind.CHANGELOG,
+        EventKind.CHANGELOG_ACKNOWLEDGED,
+        EventKind.CONFIG_CHANGED,
+        EventKind.SLOT_RESTORED,
+        *TERMINAL_EVENTS,
     }
 )
-GATE_EVENTS = frozenset({"approval_recorded", "gate_decided", "gate_expired"})
-TERMINAL_EVENTS = frozenset({"run_completed", "run_rolled_back", "run_failed", "run_aborted"})
+"""Events after which the run message is edited."""
+GATE_EVENTS = frozenset(
+    {EventKind.APPROVAL_RECORDED, EventKind.GATE_DECIDED, EventKind.GATE_EXPIRED}
+)
+"""Events after which the gate message is edited."""
 
 
 def quarter_milestone(done: int, total: int) -> bool:
@@ -117,7 +118,7 @@ class Notifier:
         try:
             while not stop.is_set():
                 try:
-                    holding = await self.engine.hold_consumer(CONSUMER)
+                    holding = await self.engine.feed.hold_consumer(CONSUMER)
                     if holding != delivering:
                         log.info("notifier %s", "delivering" if holding else "standing by")
                         self.threads.clear()  # what another replica did meanwhile is unknown
@@ -131,7 +132,7 @@ class Notifier:
         finally:
             if delivering:
                 with contextlib.suppress(Exception):
-                    await self.engine.release_consumer(CONSUMER)
+                    await self.engine.feed.release_consumer(CONSUMER)
 
     async def deliver_all(self) -> None:
         self.watch.update(await self.engine.active())
@@ -142,8 +143,8 @@ class Notifier:
 
     async def deliver(self, run_id: str) -> bool:
         """Deliver what is new for one run; True once everything up to its end is delivered."""
-        cursor = await self.engine.cursor(CONSUMER, run_id)
-        events = await self.engine.events(run_id, after=cursor)
+        cursor = await self.engine.feed.cursor(CONSUMER, run_id)
+        events = await self.engine.feed.events(run_id, after=cursor)
         thread = self.threads.get(run_id)
         if not events and thread is not None and not thread.dirty:
             return thread.done  # nothing new: no need to read the record
@@ -177,7 +178,7 @@ class Notifier:
                     )
                     return False
                 log.error("giving up on %s for run %s: %s", event.get("type"), run_id, error)
-            await self.engine.advance_cursor(CONSUMER, run_id, event_id)
+            await self.engine.feed.advance_cursor(CONSUMER, run_id, event_id)
             self.failures.pop(event_id, None)
         if thread is not None:
             await self._flush(run, thread)
@@ -187,36 +188,38 @@ class Notifier:
 
     async def _handle(self, run: Run, event_id: str, event: dict[str, Any]) -> _Thread:
         thread = await self._thread(run)
-        kind = event.get("type", "")
+        kind = kind_of(event)
         group = event.get("group")
-        if kind == "group_started" and group:
+        if kind == EventKind.GROUP_STARTED and group:
             await self._post_once(thread, f"group:{group}", render.group_progress(run, group))
-        elif kind in ("slot_replaced", "slot_restored") and group:
-            if kind == "slot_restored" or quarter_milestone(
+        elif kind in (EventKind.SLOT_REPLACED, EventKind.SLOT_RESTORED) and group:
+            if kind == EventKind.SLOT_RESTORED or quarter_milestone(
                 event.get("done", 0), event.get("total", 0)
             ):
                 thread.dirty.add(f"group:{group}")
-        elif kind == "gate_opened":
+        elif kind == EventKind.GATE_OPENED:
             thread.gates[event["gate"]] = event
             await self._post_once(
                 thread, f"gate:{event['gate']}", self._gate_message(run, event), notify=True
             )
         if kind in GATE_EVENTS and event.get("gate"):
-            if kind in ("gate_decided", "gate_expired"):
+            if kind in (EventKind.GATE_DECIDED, EventKind.GATE_EXPIRED):
                 thread.decisions[event["gate"]] = event
             thread.dirty.add(f"gate:{event['gate']}")
         message = self._event_message(run, event_id, event)
         if message is not None:
             await self._post_once(thread, f"event:{event_id}", message)
-            if kind == "changelog":
+            if kind == EventKind.CHANGELOG:
                 thread.posted[f"event:{event_id}"] = event
-        if kind == "metrics_summary" and group and self.settings.charts:
+        if kind == EventKind.METRICS_SUMMARY and group and self.settings.charts:
             await self._upload_chart(thread, run, group)
-        if kind == "changelog_acknowledged":
-            thread.dirty.update(k for k, e in thread.posted.items() if e["type"] == "changelog")
+        if kind == EventKind.CHANGELOG_ACKNOWLEDGED:
+            thread.dirty.update(
+                k for k, e in thread.posted.items() if e["type"] == EventKind.CHANGELOG
+            )
         if kind in TERMINAL_EVENTS:
             thread.done = True
-        if kind in RUN_STATE_EVENTS or kind in TERMINAL_EVENTS:
+        if kind in RUN_STATE_EVENTS:
             thread.dirty.add("run")
             if group:
                 thread.dirty.add(f"group:{group}")
@@ -269,7 +272,7 @@ class Notifier:
             ts = resp["ts"]
             channel = resp.get("channel", channel)
         if run.thread_ts != ts:
-            await self.engine.attach_message(run.id, channel, ts)
+            await self.engine.feed.attach_message(run.id, channel, ts)
         thread = _Thread(run.id, channel, ts)
         await self._index_thread(thread)
         await self._recall(thread)
@@ -283,7 +286,7 @@ class Notifier:
         for msg in resp.get("messages", []):
             meta = msg.get("metadata") or {}
             if (
-                meta.get("event_type") == "upgrade_run"
+                meta.get("event_type") == render.META_RUN
                 and (meta.get("event_payload") or {}).get("run_id") == run_id
             ):
                 return str(msg["ts"])
@@ -335,15 +338,15 @@ class Notifier:
         an acknowledgement must still update them in place. Decided gates are edited once more
         in case the earlier life died before it edited them."""
         acknowledged = False
-        for event_id, event in await self.engine.events(thread.run_id):
-            kind = event.get("type")
-            if kind == "gate_opened":
+        for event_id, event in await self.engine.feed.events(thread.run_id):
+            kind = kind_of(event)
+            if kind == EventKind.GATE_OPENED:
                 thread.gates[event["gate"]] = event
-            elif kind in ("gate_decided", "gate_expired") and event.get("gate"):
+            elif kind in (EventKind.GATE_DECIDED, EventKind.GATE_EXPIRED) and event.get("gate"):
                 thread.decisions[event["gate"]] = event
-            elif kind == "changelog":
+            elif kind == EventKind.CHANGELOG:
                 thread.posted[f"event:{event_id}"] = event
-            acknowledged = acknowledged or kind == "changelog_acknowledged"
+            acknowledged = acknowledged or kind == EventKind.CHANGELOG_ACKNOWLEDGED
         thread.dirty.update(f"gate:{gate}" for gate in thread.decisions)
         if acknowledged:
             thread.dirty.update(thread.posted)
@@ -457,7 +460,7 @@ class Notifier:
 
 
 def _blocks(message: render.Message) -> list[dict[str, Any]]:
-    return [b.to_dict() for b in message.blocks]
+    return message.block_dicts()
 
 
 def _metadata_key(meta: dict[str, Any] | None) -> str | None:
@@ -471,7 +474,7 @@ def _with_key(message: render.Message, key: str) -> dict[str, Any]:
     base = (
         message.metadata.to_dict()
         if message.metadata is not None
-        else {"event_type": "upgrade_event", "event_payload": {}}
+        else {"event_type": render.META_EVENT, "event_payload": {}}
     )
     return {
         "event_type": base["event_type"],

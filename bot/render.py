@@ -34,7 +34,7 @@ from slack_sdk.models.blocks import (
 )
 from slack_sdk.models.metadata import Metadata
 
-from upgrade_bot.engine import HELD, PAUSED, Gate, GroupRun, Plan, Run
+from upgrade_bot.engine import HELD, PAUSED, EventKind, Gate, GroupRun, Plan, Run, kind_of
 
 from . import messages as msg
 from .settings import Reactions  # reaction names, as configured under slack.reactions
@@ -79,9 +79,13 @@ class Message:
     blocks: list[Block]
     metadata: Metadata | None = None
 
+    def block_dicts(self) -> list[dict[str, Any]]:
+        """The blocks as the Web API takes them (JSON-ready)."""
+        return [b.to_dict() for b in self.blocks]
+
     def to_dict(self) -> dict[str, Any]:
         """Keyword arguments for ``chat.postMessage`` / ``chat.update`` (JSON-ready)."""
-        out: dict[str, Any] = {"text": self.text, "blocks": [b.to_dict() for b in self.blocks]}
+        out: dict[str, Any] = {"text": self.text, "blocks": self.block_dicts()}
         if self.metadata is not None:
             out["metadata"] = self.metadata.to_dict()
         return out
@@ -495,7 +499,9 @@ def _decided_gate(run: Run, gate: Gate | Mapping[str, Any]) -> Gate:
     if isinstance(gate, Gate):
         return gate
     gate_id = str(gate.get("gate"))
-    decision = gate.get("decision") or ("expired" if gate.get("type") == "gate_expired" else None)
+    decision = gate.get("decision") or (
+        "expired" if gate.get("type") == EventKind.GATE_EXPIRED else None
+    )
     if decision is None and run.gate is not None and run.gate.id == gate_id:
         return run.gate
     phase = gate.get("verdict")
@@ -699,7 +705,7 @@ def _rollback_failed(c: _Ctx) -> Message:
 def _final(c: _Ctx) -> Message:
     e = c.event
     target = c.run.target_version if c.run is not None else None
-    headline = msg.final_headline(str(e["type"]), target, c.run_id, str(e.get("reason", "")))
+    headline = msg.final_headline(EventKind(e["type"]), target, c.run_id, str(e.get("reason", "")))
     lines = _fleet_lines(e.get("fleet") or {}, list(e.get("slots") or []))
     blocks: list[Block] = [_section(headline, c.hint)]
     blocks += _sections(lines, c.hint, MAX_BLOCKS - 2)
@@ -806,49 +812,83 @@ def _override_used(e: Mapping[str, Any]) -> str:
     return msg.override_used(str(e["override"]), str(e["by"]), detail)
 
 
-_HANDLERS: dict[str, Callable[[_Ctx], Message | None]] = {
-    "override_granted": _simple(lambda e: msg.override_granted(e["override"], e["by"]), True),
-    "waiver_granted": _simple(lambda e: msg.waiver_granted(e["by"], e.get("reason", "")), True),
-    "override_used": _simple(_override_used, True),
-    "inventory": _inventory,
-    "warning": _simple(lambda e: msg.warning(e.get("text", "")), True),
-    "precheck": _simple(
+def _elsewhere(c: _Ctx) -> None:
+    """No post of its own: the run message, a group's progress message or the gate message
+    shows it (the notifier edits those), or it is an answer for one person (``refused``)."""
+    return None
+
+
+EVENT_POSTS: dict[EventKind, Callable[[_Ctx], Message | None]] = {
+    EventKind.RUN_STARTED: _elsewhere,  # the run message itself
+    EventKind.OVERRIDE_GRANTED: _simple(
+        lambda e: msg.override_granted(e["override"], e["by"]), True
+    ),
+    EventKind.WAIVER_GRANTED: _simple(
+        lambda e: msg.waiver_granted(e["by"], e.get("reason", "")), True
+    ),
+    EventKind.REFUSED: _elsewhere,  # ephemeral, for the person refused
+    EventKind.LOCK_BROKEN: _simple(
+        lambda e: msg.lock_broken(e["group"], e["user"], e.get("reason", "")), True
+    ),
+    EventKind.INVENTORY: _inventory,
+    EventKind.WARNING: _simple(lambda e: msg.warning(e.get("text", "")), True),
+    EventKind.PRECHECK: _simple(
         lambda e: msg.precheck(e["check"], e["status"], e.get("note"), e.get("cp_version")),
         False,
     ),
-    "changelog": lambda c: changelog_message(c.event, run=c.run, event_id=c.event_id),
-    "changelog_acknowledged": _simple(lambda e: msg.changelog_acknowledged(e["by"]), False),
-    "freeze_started": _simple(lambda e: msg.freeze_started(e["revision"]), True),
-    "freeze_lifted": _simple(lambda e: msg.freeze_lifted(), False),
-    "freeze_revision_accepted": _simple(
+    EventKind.OVERRIDE_USED: _simple(_override_used, True),
+    EventKind.CHANGELOG: lambda c: changelog_message(c.event, run=c.run, event_id=c.event_id),
+    EventKind.CHANGELOG_ACKNOWLEDGED: _simple(lambda e: msg.changelog_acknowledged(e["by"]), False),
+    EventKind.FREEZE_STARTED: _simple(lambda e: msg.freeze_started(e["revision"]), True),
+    EventKind.FREEZE_REVISION_ACCEPTED: _simple(
         lambda e: msg.freeze_revision_accepted(e.get("before"), e.get("after"), e["by"]), True
     ),
-    "backup_done": _simple(_backup_done, False),
-    "backup_waived": _simple(lambda e: msg.backup_waived(e["by"], e.get("reason", "")), True),
-    "slot_failed": _simple(lambda e: msg.slot_failed(e["group"], e.get("errors") or {}), True),
-    "smoke_failed": _simple(lambda e: msg.smoke_failed(e["group"], e.get("failures") or []), True),
-    "smoke_skipped": _simple(lambda e: msg.smoke_skipped(e["group"], e.get("reason", "")), False),
-    "metrics_summary": lambda c: metrics_summary(c.event, event_id=c.event_id),
-    "gate_reminder": _reminder,
-    "paused": lambda c: c.say(
+    EventKind.FREEZE_LIFTED: _simple(lambda e: msg.freeze_lifted(), False),
+    EventKind.CONFIG_CHANGED: _config_changed,
+    EventKind.BACKUP_WAIVED: _simple(
+        lambda e: msg.backup_waived(e["by"], e.get("reason", "")), True
+    ),
+    EventKind.BACKUP_DONE: _simple(_backup_done, False),
+    EventKind.GROUP_STARTED: _elsewhere,  # the group's progress message
+    EventKind.SLOT_REPLACING: _elsewhere,
+    EventKind.SLOT_REPLACED: _elsewhere,
+    EventKind.SLOT_FAILED: _simple(
+        lambda e: msg.slot_failed(e["group"], e.get("errors") or {}), True
+    ),
+    EventKind.SLOT_RESTORED: _elsewhere,
+    EventKind.SMOKE_PASSED: _elsewhere,  # the group's progress message
+    EventKind.SMOKE_FAILED: _simple(
+        lambda e: msg.smoke_failed(e["group"], e.get("failures") or []), True
+    ),
+    EventKind.SMOKE_SKIPPED: _simple(
+        lambda e: msg.smoke_skipped(e["group"], e.get("reason", "")), False
+    ),
+    EventKind.METRICS_SUMMARY: lambda c: metrics_summary(c.event, event_id=c.event_id),
+    EventKind.GATE_OPENED: _elsewhere,  # gate_message, then gate_decided
+    EventKind.GATE_REMINDER: _reminder,
+    EventKind.GATE_EXPIRED: _elsewhere,
+    EventKind.GATE_DECIDED: _elsewhere,
+    EventKind.APPROVAL_RECORDED: _elsewhere,
+    EventKind.INTENT_RECORDED: _simple(lambda e: msg.intent_recorded(e["action"], e["by"]), False),
+    EventKind.PAUSED: lambda c: c.say(
         msg.paused(str(c.event["by"]), str(c.event.get("reason", "")), c.run_id, c.command)
     ),
-    "resumed": _simple(lambda e: msg.resumed(e["by"]), True),
-    "held": _held,
-    "intent_recorded": _simple(lambda e: msg.intent_recorded(e["action"], e["by"]), False),
-    "config_changed": _config_changed,
-    "rollback_started": _rollback_started,
-    "rollback_failed": _rollback_failed,
-    "observation_started": _simple(lambda e: msg.observation_started(_time(e.get("until"))), False),
-    "checkin": _checkin,
-    "run_completed": _final,
-    "run_rolled_back": _final,
-    "run_failed": _final,
-    "run_aborted": _final,
-    "lock_broken": _simple(
-        lambda e: msg.lock_broken(e["group"], e["user"], e.get("reason", "")), True
+    EventKind.RESUMED: _simple(lambda e: msg.resumed(e["by"]), True),
+    EventKind.HELD: _held,
+    EventKind.HOLD_ENDED: _elsewhere,  # the run message
+    EventKind.EFFECT_FAILED: _elsewhere,  # a hold or a pause follows and says why
+    EventKind.ROLLBACK_STARTED: _rollback_started,
+    EventKind.ROLLBACK_FAILED: _rollback_failed,
+    EventKind.OBSERVATION_STARTED: _simple(
+        lambda e: msg.observation_started(_time(e.get("until"))), False
     ),
+    EventKind.CHECKIN: _checkin,
+    EventKind.RUN_COMPLETED: _final,
+    EventKind.RUN_ROLLED_BACK: _final,
+    EventKind.RUN_FAILED: _final,
+    EventKind.RUN_ABORTED: _final,
 }
+"""Every event kind's thread post, declared here (a test fails when a kind is missing)."""
 
 
 def event_message(
@@ -863,18 +903,19 @@ def event_message(
     """The thread post for one audit event, or None when the event gets no post of its own.
 
     None for: events that only change the run message or a group's progress message
-    (``PROGRESS_EVENTS``, run_started, hold_ended, effect_failed, backoff holds), gate events
-    (``GATE_EVENTS``: re-render the gate with ``gate_message`` / ``gate_decided``), and
-    ``refused`` (refusals are ephemeral, for the person refused).
+    (group and slot progress, run_started, hold_ended, effect_failed, backoff holds), gate
+    events (re-render the gate with ``gate_message`` / ``gate_decided``), ``refused``
+    (refusals are ephemeral, for the person refused) and types this version does not know.
 
     ``run`` (the record as it is now) adds what the event lacks: the requester for the
     changelog button, every slot's state when a rollback starts, the target version in the final
     summary. ``approvers`` and ``escalation_mention`` are mentioned by reminders and by a failed
     rollback, which pages.
     """
-    handler = _HANDLERS.get(str(event.get("type")))
-    if handler is None:
+    kind = kind_of(event)
+    if kind is None:
         return None
+    handler = EVENT_POSTS[kind]
     ctx = _Ctx(event, run, event_id, approvers, escalation_mention, command)
     return handler(ctx)
 

@@ -43,19 +43,11 @@ class SlackSettings(BaseModel):
 
 def slack_settings(raw: dict[str, Any] | None, path: str = "<config>") -> SlackSettings:
     """Validate the ``slack:`` section; problems name the key, as the rest of the file does."""
-    from upgrade_bot.engine import ConfigError
+    from upgrade_bot.engine import ConfigError, describe_validation_error
 
     if raw is None:
         raise ConfigError(path, ["slack: required key is missing (at least 'channel')"])
     try:
         return SlackSettings.model_validate(raw)
     except ValidationError as err:
-        problems = []
-        for e in err.errors():
-            key = "slack." + ".".join(str(x) for x in e["loc"])
-            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-            msg = msg.removeprefix("Value error, ")
-            if e["type"] == "missing":
-                msg = "required key is missing"
-            problems.append(f"{key}: {msg}")
-        raise ConfigError(path, problems) from None
+        raise ConfigError(path, describe_validation_error(err, raw, "slack")) from None

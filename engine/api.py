@@ -14,29 +14,15 @@ from typing import Any, Protocol
 
 from .config import Config
 from .decide import OVERRIDES, Command, Decision, allowed, initial_run
-from .errors import EngineError, StaleRecord
+from .errors import Duplicate, Refused, UnknownRun
+from .feed import EventFeed
 from .model import GroupRun, Run
 from .runner import Clock, DriveResult, LeaseBusy, Performer, Runner, SystemClock, no_checkpoint
 from .schema import Unresumable, load_run, plan_hash
+from .store import Record, Store
 from .versions import Version, is_version, path_warning
 
 log = logging.getLogger(__name__)
-
-
-class Refused(EngineError):
-    """A request the engine will not carry out; the message says why, for the requester."""
-
-
-class UnknownRun(Refused):
-    """No run has this ID (never had, or its record has expired)."""
-
-    def __init__(self, run_id: str) -> None:
-        super().__init__(f"no run '{run_id}'")
-        self.run_id = run_id
-
-
-class Duplicate(EngineError):
-    """The same request (same delivery ID) was already handled."""
 
 
 class PlanningPerformer(Performer, Protocol):
@@ -65,7 +51,7 @@ class Engine:
         self,
         *,
         config: Config,
-        store: Any,
+        store: Store,
         performer: PlanningPerformer,
         identity: str,
         new_id: Callable[[str], str],
@@ -79,8 +65,10 @@ class Engine:
         self.identity = identity
         self.new_id = new_id
         self.clock = clock or SystemClock()
-        self._consumer_fences: dict[str, Any] = {}
-        self._consumer_renewed: dict[str, float] = {}
+        self.feed = EventFeed(
+            store, identity=identity, clock=self.clock, lease_ttl_s=config.store.lease_ttl_s
+        )
+        """Events, delivery cursors and the Slack layer's delivery bookkeeping."""
         self.runner = Runner(
             store=store,
             performer=performer,
@@ -257,24 +245,6 @@ class Engine:
         await self.status(run_id)
         return await self.runner.command(run_id, command)
 
-    async def first_delivery(self, key: str) -> bool:
-        """True the first time ``key`` (a Slack delivery's identity) is seen: retries and
-        duplicates of a delivery then have no second effect."""
-        return bool(await self.store.first_time(f"delivery:{key}"))
-
-    async def attach_message(self, run_id: str, channel: str, thread_ts: str) -> None:
-        """Remember where the run's Slack message lives (so a restarted bot edits it)."""
-        for _ in range(20):
-            data, rev = await self._load(run_id)
-            run = load_run(data).with_(channel=channel, thread_ts=thread_ts)
-            try:
-                await self.store.save(
-                    run_id, run.to_dict(), expected_rev=rev, fence=None, events=[]
-                )
-                return
-            except StaleRecord:
-                continue
-
     async def break_lock(
         self, group: str, *, user: str, user_groups: tuple[str, ...] = (), reason: str
     ) -> str:
@@ -296,11 +266,11 @@ class Engine:
 
     # --- reading ------------------------------------------------------------------------------
 
-    async def _load(self, run_id: str) -> tuple[dict[str, Any], int]:
+    async def _load(self, run_id: str) -> tuple[Record, int]:
         loaded = await self.store.load(run_id)
         if loaded is None:
             raise UnknownRun(run_id)
-        return loaded  # type: ignore[no-any-return]
+        return loaded
 
     async def status(self, run_id: str) -> Run:
         data, _ = await self._load(run_id)
@@ -319,42 +289,6 @@ class Engine:
 
     async def active(self) -> list[str]:
         return list(await self.store.active_runs())
-
-    async def events(self, run_id: str, after: str = "0-0") -> list[tuple[str, dict[str, Any]]]:
-        return list(await self.store.events(run_id, after=after))
-
-    async def cursor(self, consumer: str, run_id: str) -> str:
-        """Where ``consumer`` (the Slack notifier, a transcript) stopped reading a run's events."""
-        return str(await self.store.get_cursor(consumer, run_id))
-
-    async def advance_cursor(self, consumer: str, run_id: str, event_id: str) -> None:
-        """Record that ``consumer`` has delivered everything up to ``event_id`` (never back)."""
-        await self.store.set_cursor(consumer, run_id, event_id)
-
-    async def hold_consumer(self, consumer: str) -> bool:
-        """Whether this bot is the one delivering ``consumer``'s events now. Replicas share the
-        events and cursors; one at a time delivers them (a lease, renewed on each call, with
-        the runs' TTL: the same identity takes it back at once after a restart, another
-        replica after the TTL)."""
-        ttl = self.config.store.lease_ttl_s
-        now = self.clock.now()
-        fence = self._consumer_fences.get(consumer)
-        if fence is not None and now - self._consumer_renewed.get(consumer, 0.0) < ttl / 3:
-            return True  # renewed recently: nobody else can have it yet
-        if fence is None or not await self.store.renew_lease(fence, ttl):
-            fence = await self.store.acquire_lease(f"consumer:{consumer}", self.identity, ttl)
-        if fence is None:
-            self._consumer_fences.pop(consumer, None)
-            return False
-        self._consumer_fences[consumer] = fence
-        self._consumer_renewed[consumer] = now
-        return True
-
-    async def release_consumer(self, consumer: str) -> None:
-        """Hand delivery over at once (a bot stopping gracefully)."""
-        fence = self._consumer_fences.pop(consumer, None)
-        if fence is not None:
-            await self.store.release_lease(fence)
 
     # --- driving ------------------------------------------------------------------------------
 

@@ -195,6 +195,17 @@ class Defaults(Model):
     observation: Observation = Field(default_factory=Observation)
 
 
+class ScrapeMetrics(Model):
+    """Evidence by scraping every instance's APISIX prometheus plugin (the default source)."""
+
+    type: Literal["scrape"] = "scrape"
+
+
+# A second source adds its model here (a union discriminated by ``type``) and its factory to
+# ``engine.adapters.sources.SOURCES``.
+MetricsSettings = ScrapeMetrics
+
+
 class Store(Model):
     key_prefix: str = "upgrade-bot"
     lease_ttl_s: float = Field(30, gt=0)
@@ -213,6 +224,8 @@ class Config(Model):
     changelog: str | None = None
     """A local Markdown file or an http(s) URL, one ``## <version>`` heading per release."""
     store: Store = Field(default_factory=Store)
+    metrics: MetricsSettings = Field(default_factory=ScrapeMetrics)
+    """Where a group's evidence (the before / after windows) comes from."""
     slack: dict[str, Any] | None = None
     """Read by the Slack layer (see upgrade_bot.bot.settings)."""
     redis_url: str | None = None
@@ -276,10 +289,14 @@ def _key_path(loc: tuple[Any, ...], data: Any) -> str:
     return "".join(parts) or "(top level)"
 
 
-def describe_validation_error(err: ValidationError, data: Any) -> list[str]:
+def describe_validation_error(err: ValidationError, data: Any, section: str = "") -> list[str]:
+    """One line per problem, naming the key as the file spells it (``section`` is where
+    ``data`` sits in the file, e.g. ``slack``): the one wording of pydantic's errors."""
     problems = []
     for e in err.errors():
         key = _key_path(tuple(e["loc"]), data)
+        if section:
+            key = section if key == "(top level)" else f"{section}.{key}"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see config.example.yaml)"

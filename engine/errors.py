@@ -59,3 +59,19 @@ class RunExists(EngineError):
 
 class StoreUnavailable(TemporaryError):
     """Redis cannot be reached."""
+
+
+class Refused(EngineError):
+    """A request the engine will not carry out; the message says why, for the requester."""
+
+
+class UnknownRun(Refused):
+    """No run has this ID (never had, or its record has expired)."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"no run '{run_id}'")
+        self.run_id = run_id
+
+
+class Duplicate(EngineError):
+    """The same request (same delivery ID) was already handled."""

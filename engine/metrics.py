@@ -1,26 +1,24 @@
-"""Metric windows and verdicts: the pure arithmetic behind "is the new version as good?".
+"""Metric windows: the pure arithmetic behind "is the new version as good?".
 
-A :class:`Snapshot` holds, per gateway instance, the counters scraped from the APISIX
-prometheus plugin at one moment (see ``upgrade_bot.engine.adapters.scrape``). Two snapshots
-make a :class:`Window` (counter deltas), a window makes a :class:`Summary` (totals, ratios,
-latency quantiles), and two summaries -- before and after a group's replacement -- make a
-:class:`Verdict` under the group's :class:`~upgrade_bot.engine.config.Thresholds`.
+A :class:`Summary` is what a metrics source (``engine.sources``) answers for a group over a
+window: totals, ratios, latency quantiles. Two summaries -- before and after a group's
+replacement -- make a verdict (``engine.verdict``).
 
-This module does no IO and imports nothing beyond the standard library; summaries and verdicts
-round-trip through plain dicts for the JSON run records.
+For the per-instance scraping source: a :class:`Snapshot` holds, per gateway instance, the
+counters scraped from the APISIX prometheus plugin at one moment (see
+``upgrade_bot.engine.adapters.scrape``); two snapshots make a :class:`Window` (counter deltas)
+and a window makes a :class:`Summary`.
+
+This module does no IO and imports nothing beyond the standard library; summaries round-trip
+through plain dicts for the JSON run records.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from enum import Enum
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # type only: config pulls in pydantic, this module stays stdlib-only
-    from .config import Thresholds
+from typing import Any
 
 INF = math.inf
 
@@ -313,168 +311,27 @@ def summarize(w: Window) -> Summary:
     )
 
 
-# --- verdicts ------------------------------------------------------------------------------
+# --- windows from marks (the pure half of the scrape source) --------------------------------
 
 
-@functools.total_ordering
-class Phase(Enum):
-    """A verdict's outcome, ordered best to worst: PASS < INCONCLUSIVE < FAIL."""
-
-    PASS = "pass"
-    INCONCLUSIVE = "inconclusive"
-    FAIL = "fail"
-
-    @property
-    def rank(self) -> int:
-        """0 for PASS, 1 for INCONCLUSIVE, 2 for FAIL."""
-        return _PHASE_RANK[self]
-
-    def __lt__(self, other: object) -> bool:
-        if not isinstance(other, Phase):
-            return NotImplemented
-        return self.rank < other.rank
-
-
-_PHASE_RANK = {Phase.PASS: 0, Phase.INCONCLUSIVE: 1, Phase.FAIL: 2}
-
-
-def worst(*phases: Phase) -> Phase:
-    """The worst of ``phases`` (FAIL beats INCONCLUSIVE beats PASS); needs at least one."""
-    if not phases:
-        raise ValueError("worst() needs at least one phase")
-    return max(phases)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """A phase and the short sentences that explain it (numbers included)."""
-
-    phase: Phase
-    reasons: tuple[str, ...] = ()
-    limit_5xx_ratio: float | None = None
-    """The 5xx ratio the window after may reach (None: not judged)."""
-    limit_p99_ms: float | None = None
-    """The p99 latency the window after may reach (None: not judged, p99 unknown)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict: ``{"phase": "fail", "reasons": [...], "limits": {...}}``."""
-        return {
-            "phase": self.phase.value,
-            "reasons": list(self.reasons),
-            "limits": {"ratio_5xx": self.limit_5xx_ratio, "p99_ms": self.limit_p99_ms},
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Verdict:
-        """The inverse of :meth:`to_dict`."""
-        try:
-            phase = Phase(data["phase"])
-        except KeyError:
-            raise ValueError("verdict lacks phase") from None
-        reasons = data.get("reasons") or ()
-        if isinstance(reasons, str):
-            raise ValueError("verdict reasons must be a list of strings")
-        limits = data.get("limits") or {}
-
-        def limit(name: str) -> float | None:
-            value = limits.get(name)
-            return None if value is None else float(value)
-
-        return cls(
-            phase=phase,
-            reasons=tuple(str(r) for r in reasons),
-            limit_5xx_ratio=limit("ratio_5xx"),
-            limit_p99_ms=limit("p99_ms"),
-        )
-
-
-def _pct(ratio: float) -> str:
-    pct = ratio * 100
-    if pct == 0 or pct >= 1:
-        return f"{pct:.1f}%"
-    return f"{pct:.2f}%"
-
-
-def _ms(value: float | None) -> str:
-    if value is None:
-        return "unknown"
-    if abs(value) >= 100:
-        return f"{value:.0f} ms"
-    text = f"{value:.1f}".rstrip("0").rstrip(".")
-    return f"{text} ms"
-
-
-def judge(before: Summary, after: Summary, t: Thresholds) -> Verdict:
-    """Compare the window after a group's replacement with the one before it.
-
-    Rules (``t`` is the group's thresholds):
-
-    * errors: the 5xx ratio after must not exceed
-      ``max(t.max_5xx_ratio, t.max_5xx_ratio_factor * ratio_5xx before)``;
-    * latency: p99 after must not exceed ``t.p99_factor * p99 before + t.p99_slack_ms``.
-
-    Exactly at a limit passes. Evidence: a window with fewer than ``t.min_requests`` requests
-    is too small to judge, and a window too small to judge never PASSes. The errors rule can
-    still FAIL when only the *before* window is small -- the after window alone shows the
-    new version erring, and a small before window merely weakens the baseline (0 requests
-    before means a 0% baseline, so the absolute limit applies). The latency rule FAILs only
-    with both windows large enough: p99 of a few requests is their maximum, and there is no
-    baseline to compare with. A rule broken on too little evidence is reported among the
-    INCONCLUSIVE reasons. Unknown p99 (no latency observations) is INCONCLUSIVE as well.
-
-    Reasons explain the phase: the broken rules (then any doubts) for FAIL, what is missing
-    for INCONCLUSIVE (with the rules broken on too little evidence), the checked rules for
-    PASS.
-    """
-    need = t.min_requests
-    before_ok = before.requests >= need
-    after_ok = after.requests >= need
-
-    failures: list[str] = []
-    doubts: list[str] = []
-    passes: list[str] = []
-
-    if not before_ok:
-        doubts.append(f"only {before.requests} requests before (need {need})")
-    if not after_ok:
-        doubts.append(f"only {after.requests} requests after (need {need})")
-
-    error_limit = max(t.max_5xx_ratio, t.max_5xx_ratio_factor * before.ratio_5xx)
-    errors = (
-        f"5xx ratio {_pct(after.ratio_5xx)} after vs {_pct(before.ratio_5xx)} before "
-        f"(limit {_pct(error_limit)})"
+def snapshot_from_dict(data: Mapping[str, Any]) -> Snapshot:
+    """A :class:`Snapshot` from its JSON form (``dataclasses.asdict``), as saved in a record."""
+    return Snapshot(
+        taken_at=float(data["taken_at"]),
+        instances=tuple(
+            InstanceSample(
+                **{**i, "buckets": tuple((float(le), int(n)) for le, n in i.get("buckets", ()))}
+            )
+            for i in data.get("instances", ())
+        ),
     )
-    if after.ratio_5xx > error_limit:
-        if after_ok:
-            failures.append(errors)
-        else:
-            doubts.append(errors + ", too few requests to fail")
-    else:
-        passes.append(errors)
 
-    latency_limit = None
-    if before.p99_ms is None or after.p99_ms is None:
-        which = " and ".join(
-            name for name, s in (("before", before), ("after", after)) if s.p99_ms is None
-        )
-        doubts.append(f"p99 unknown {which} (no latency observations)")
-    else:
-        latency_limit = t.p99_factor * before.p99_ms + t.p99_slack_ms
-        latency = (
-            f"p99 {_ms(after.p99_ms)} after vs {_ms(before.p99_ms)} before "
-            f"(limit {_ms(latency_limit)})"
-        )
-        if after.p99_ms > latency_limit:
-            if before_ok and after_ok:
-                failures.append(latency)
-            else:
-                doubts.append(latency + ", too few requests to fail")
-        else:
-            passes.append(latency)
 
-    limits = {"limit_5xx_ratio": error_limit, "limit_p99_ms": latency_limit}
-    if failures:
-        return Verdict(Phase.FAIL, tuple(failures + doubts), **limits)
-    if doubts:
-        return Verdict(Phase.INCONCLUSIVE, tuple(doubts), **limits)
-    return Verdict(Phase.PASS, tuple(passes), **limits)
+def summary_since(mark: Mapping[str, Any] | None, now: Snapshot) -> Summary:
+    """The summary of the window from ``mark`` (a saved snapshot) to ``now``.
+
+    Without a mark (the window's start could not be measured) every instance counts from zero
+    over a zero-length window.
+    """
+    before = snapshot_from_dict(mark) if mark else Snapshot(taken_at=now.taken_at, instances=())
+    return summarize(window(before, now))

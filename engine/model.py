@@ -12,36 +12,136 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field, replace
+from enum import Enum, StrEnum
 from typing import Any, TypeVar, Union, get_args, get_origin
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: ``cp`` split into ``cp_version``, ``seen_revision`` and ``intent``; see ``schema.py``."""
 
-# Run states. "waiting" = a human must act (gate, changelog); "paused" = stopped by a person or
-# a rule until resumed; "held" = stopped until a time.
+
+# --- the vocabulary; values are what records saved in Redis hold, so they never change ---------
+
+
+class RunState(StrEnum):
+    """Where a run stands. "waiting": a human must act (gate, changelog); "paused": stopped by a
+    person or a rule until resumed; "held": stopped until a time."""
+
+    RUNNING = "running"
+    WAITING = "waiting"
+    PAUSED = "paused"
+    HELD = "held"
+    ROLLING_BACK = "rolling_back"
+    COMPLETED = "completed"
+    ROLLED_BACK = "rolled_back"
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+
+class RunStep(StrEnum):
+    """The run's steps, in order; ``GROUP`` repeats its phases per group."""
+
+    INVENTORY = "inventory"
+    CP_CHECK = "cp_check"
+    CHANGELOG = "changelog"
+    FREEZE = "freeze"
+    BACKUP = "backup"
+    GROUP = "group"
+    OBSERVE = "observe"
+
+
+class GroupPhase(StrEnum):
+    """Where the current group stands, in order (meaningful only in step ``GROUP``)."""
+
+    BASELINE_START = "baseline_start"
+    BASELINE_END = "baseline_end"
+    REPLACE = "replace"
+    SMOKE = "smoke"
+    SETTLE_START = "settle_start"
+    SETTLE_END = "settle_end"
+    FREEZE_CHECK = "freeze_check"
+    GATE = "gate"
+
+
+class GroupStatus(StrEnum):
+    PENDING = "pending"
+    UPGRADING = "upgrading"
+    VERIFYING = "verifying"
+    AWAITING_APPROVAL = "awaiting_approval"
+    APPROVED = "approved"
+    ROLLING_BACK = "rolling_back"
+    ROLLED_BACK = "rolled_back"
+
+
+class SlotStatus(StrEnum):
+    PENDING = "pending"
+    REPLACING = "replacing"
+    DONE = "done"
+    FAILED = "failed"
+    RESTORING = "restoring"
+    RESTORED = "restored"
+
+
+class GateDecision(StrEnum):
+    APPROVED = "approved"
+    ROLLBACK = "rollback"
+    PAUSED = "paused"
+    EXPIRED = "expired"
+    ABORTED = "aborted"
+
+
+class ApprovalMode(StrEnum):
+    HUMAN = "human"
+    AUTO = "auto"  # headless runs: a passing verdict approves itself
+
+
+class Action(StrEnum):
+    """What a person (or the automatic approver) asks of a run."""
+
+    APPROVE = "approve"
+    PAUSE = "pause"
+    HOLD = "hold"
+    RESUME = "resume"
+    ABORT = "abort"
+    ROLLBACK = "rollback"
+    ACKNOWLEDGE = "acknowledge"
+
+
+class EffectKind(StrEnum):
+    """What ``decide`` asks the runner to bring about (the performer has one method per kind)."""
+
+    LIST_SLOTS = "list_slots"
+    CHECK_CONTROL_PLANE = "check_control_plane"
+    LOAD_CHANGELOG = "load_changelog"
+    READ_CONFIG_REVISION = "read_config_revision"
+    RUN_BACKUP = "run_backup"
+    MEASURE = "scrape"
+    """A metrics window: its start (``mark``) or, with a ``mark`` in the args, its summary.
+    Saved as "scrape", the name from when raw snapshots were the only source."""
+    ENSURE_SLOTS = "ensure_slots"
+    SMOKE = "smoke"
+    CHECKIN = "checkin"
+
+
 RUNNING, WAITING, PAUSED, HELD, ROLLING_BACK = (
-    "running",
-    "waiting",
-    "paused",
-    "held",
-    "rolling_back",
+    RunState.RUNNING,
+    RunState.WAITING,
+    RunState.PAUSED,
+    RunState.HELD,
+    RunState.ROLLING_BACK,
 )
-COMPLETED, ROLLED_BACK, FAILED, ABORTED = "completed", "rolled_back", "failed", "aborted"
+COMPLETED, ROLLED_BACK, FAILED, ABORTED = (
+    RunState.COMPLETED,
+    RunState.ROLLED_BACK,
+    RunState.FAILED,
+    RunState.ABORTED,
+)
 TERMINAL = frozenset({COMPLETED, ROLLED_BACK, FAILED, ABORTED})
 
-# Run steps, in order; group steps repeat per group.
-RUN_STEPS = ("cp_check", "changelog", "freeze", "backup", "group", "observe", "done")
-GROUP_PHASES = (
-    "list",
-    "baseline_start",
-    "baseline_end",
-    "replace",
-    "smoke",
-    "settle_start",
-    "settle_end",
-    "gate",
-)
-
 T = TypeVar("T")
+
+
+class UnknownField(ValueError):
+    """A record holds a key or a value this code does not know (never half-read it)."""
 
 
 class Record:
@@ -72,10 +172,18 @@ def _build(tp: Any, value: Any) -> Any:
     if origin is dict:
         _, vt = get_args(tp)
         return {k: _build(vt, v) for k, v in value.items()}
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            raise UnknownField(f"unknown {tp.__name__} '{value}'") from None
     if dataclasses.is_dataclass(tp) and isinstance(value, dict):
         hints = typing.get_type_hints(tp)
         names = {f.name for f in dataclasses.fields(tp)}
-        return tp(**{k: _build(hints[k], v) for k, v in value.items() if k in names})
+        unknown = sorted(set(value) - names)
+        if unknown:
+            raise UnknownField(f"unknown {tp.__name__} field(s) {', '.join(unknown)}")
+        return tp(**{k: _build(hints[k], v) for k, v in value.items()})
     return value
 
 
@@ -88,7 +196,7 @@ class SlotRun(Record):
     current_image: str | None = None
     current_digest: str | None = None
     current_version: str | None = None
-    status: str = "pending"  # pending | replacing | done | failed | restoring | restored
+    status: SlotStatus = SlotStatus.PENDING
     replacements: int = 0
     restorations: int = 0
     endpoints: dict[str, str] = field(default_factory=dict)
@@ -115,7 +223,7 @@ class Gate(Record):
     verdict: str
     reminders: int = 0
     approvals: tuple[Approval, ...] = ()
-    decision: str | None = None  # approved | rollback | paused | expired | aborted
+    decision: GateDecision | None = None
     decided_by: tuple[str, ...] = ()
     decided_at: float | None = None
 
@@ -141,9 +249,10 @@ class GroupRun(Record):
     target_image: str
     production: bool = False
     batch_size: int = 1
-    status: str = "pending"  # pending | upgrading | verifying | awaiting_approval | approved |
-    #                          rolling_back | rolled_back | failed
+    status: GroupStatus = GroupStatus.PENDING
     slots: tuple[SlotRun, ...] = ()
+    # Where the before / after windows started: the metrics source's mark (JSON, opaque to the
+    # engine except its "taken_at"; for scraping, the snapshot of every instance's counters).
     baseline_snapshot: dict[str, Any] | None = None
     settle_snapshot: dict[str, Any] | None = None
     before: dict[str, Any] | None = None
@@ -174,9 +283,19 @@ class Pending(Record):
     """The effect the driver is performing; saved before it acts (save, act, save outcome)."""
 
     key: str
-    kind: str
+    kind: EffectKind
     attempt: int = 1
     args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Intent(Record):
+    """A course change asked for while an effect was under way; applied once it has settled."""
+
+    action: Action  # pause | hold | rollback | abort
+    user: str
+    reason: str | None = None
+    until: float | None = None
 
 
 @dataclass(frozen=True)
@@ -187,25 +306,29 @@ class Run(Record):
     created_at: float
     groups: tuple[GroupRun, ...]
     plan_hash: str
-    approval_mode: str = "human"  # human | auto
+    approval_mode: ApprovalMode = ApprovalMode.HUMAN
     schema: int = SCHEMA_VERSION
-    state: str = RUNNING
-    step: str = "cp_check"
+    state: RunState = RunState.RUNNING
+    step: RunStep = RunStep.INVENTORY
     group_index: int = 0
-    phase: str = "list"
+    phase: GroupPhase = GroupPhase.BASELINE_START
     reason: str | None = None
     pending: Pending | None = None
     gate: Gate | None = None
     gate_seq: int = 0
     hold: Hold | None = None
-    paused_from: str | None = None
+    paused_from: RunState | None = None
     rollback: Rollback | None = None
     overrides: tuple[str, ...] = ()
     waiver: str | None = None
     changelog_ack: str | None = None
     changelog: tuple[dict[str, str], ...] = ()
     current_version: str | None = None
-    cp: dict[str, Any] | None = None
+    cp_version: str | None = None
+    """The control plane's version, read by the pre-check (None: not read, or no CP)."""
+    seen_revision: int | None = None
+    """A configuration revision seen during the freeze and not yet accepted by a resume."""
+    intent: Intent | None = None
     backup: dict[str, Any] | None = None
     config_revision: int | None = None
     observe_until: float | None = None
@@ -221,7 +344,7 @@ class Run(Record):
 
     @property
     def current_group(self) -> GroupRun | None:
-        if self.step == "group" and self.group_index < len(self.groups):
+        if self.step == RunStep.GROUP and self.group_index < len(self.groups):
             return self.groups[self.group_index]
         return None
 

@@ -28,6 +28,7 @@ from .errors import (
 )
 from .model import PAUSED, WAITING, Pending, Run
 from .schema import Unresumable, load_run
+from .store import Fence, Store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,7 +49,9 @@ class SystemClock:
 
 
 class Performer(Protocol):
-    async def perform(self, run: Run, effect: Pending, fence: Any) -> Outcome | Failure: ...
+    async def perform(self, run: Run, effect: Pending, fence: Fence | None) -> Outcome | Failure:
+        """Carry out ``effect`` as the holder of ``fence``; every error becomes a ``Failure``."""
+        ...
 
 
 class LeaseLost(EngineError):
@@ -77,7 +80,7 @@ class Runner:
     def __init__(
         self,
         *,
-        store: Any,
+        store: Store,
         performer: Performer,
         config: Config,
         identity: str,
@@ -120,7 +123,7 @@ class Runner:
         data, rev = loaded
         return load_run(data), rev
 
-    async def _save(self, run_id: str, decision: Decision, rev: int, fence: Any) -> int:
+    async def _save(self, run_id: str, decision: Decision, rev: int, fence: Fence | None) -> int:
         self.checkpoint("before_save", f"rev{rev}")
         new_rev: int = await self._store(
             lambda: self.store.save(
@@ -136,7 +139,7 @@ class Runner:
             await self._store(lambda: self.store.finish(run_id))
         return new_rev
 
-    async def apply(self, run_id: str, event: Event, *, fence: Any = None) -> Decision:
+    async def apply(self, run_id: str, event: Event, *, fence: Fence | None = None) -> Decision:
         """Decide and save one event, retrying on concurrent writes (the record is re-read)."""
         for _ in range(50):
             run, rev = await self.load(run_id)
@@ -189,7 +192,7 @@ class Runner:
 
     async def _renew(self, lease: _Lease) -> None:
         while True:
-            await asyncio.sleep(self.lease_ttl_s / 3)
+            await self.clock.sleep(self.lease_ttl_s / 3)
             fence = lease.fence
             try:
                 if await self.store.renew_lease(fence, self.lease_ttl_s):
@@ -201,7 +204,7 @@ class Runner:
             except TemporaryError:
                 continue  # Redis blip: the next try may succeed before the TTL runs out
 
-    async def _retake(self, lease: _Lease, refused: Any) -> bool:
+    async def _retake(self, lease: _Lease, refused: Fence) -> bool:
         """The store no longer takes ``refused`` (our lease token): is the run still ours?
 
         A lease lapses when Redis is down for longer than its TTL. If nobody took it meanwhile,
@@ -296,12 +299,12 @@ class Runner:
 @dataclass
 class _Lease:
     run_id: str
-    fence: Any
+    fence: Fence
     lost: asyncio.Event = field(default_factory=asyncio.Event)
     retaking: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-async def resolve_outcome(coro: Any, key: str) -> Outcome | Failure:
+async def resolve_outcome(coro: Awaitable[Any], key: str) -> Outcome | Failure:
     """Run an adapter call and turn its result or error into the event ``decide`` expects."""
     try:
         result = await coro

@@ -10,14 +10,19 @@ from typing import Any
 
 
 def pct(ratio: Any) -> str:
-    """``0.0123`` → ``"1.23%"``; ``None`` → ``"n/a"``."""
+    """``0.0123`` → ``"1.2%"``, two decimals below 1 % so that a small ratio does not read as
+    none (``"0.10%"``), and zero as ``"0.0%"``. ``None`` → ``"n/a"``."""
     if ratio is None:
         return "n/a"
-    return f"{float(ratio) * 100:.2f}%"
+    percent = float(ratio) * 100
+    if percent == 0 or abs(percent) >= 1:
+        return f"{percent:.1f}%"
+    return f"{percent:.2f}%"
 
 
 def ms(value: Any) -> str:
-    """Milliseconds: ``12.34`` → ``"12.3 ms"``, ``250.4`` → ``"250 ms"``; ``None`` → ``"n/a"``."""
+    """``12.34`` → ``"12.3 ms"``, ``10.0`` → ``"10 ms"``, ``250.4`` → ``"250 ms"``; ``None`` →
+    ``"n/a"``."""
     if value is None:
         return "n/a"
     v = float(value)

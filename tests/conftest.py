@@ -1,11 +1,18 @@
-"""Shared fixtures. Tests never use an ambient REDIS_URL: they start their own servers."""
+"""Shared fixtures. Tests never use an ambient REDIS_URL: they start their own servers.
+
+Waiting and sandbox fleets are shared too: see tests/support.py (``eventually``, ``Sandboxes``).
+"""
 
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+from .support import Sandboxes, open_sandboxes
 
 os.environ.pop("REDIS_URL", None)
 
@@ -19,3 +26,10 @@ def free_port() -> int:
 @pytest.fixture
 def port() -> int:
     return free_port()
+
+
+@pytest.fixture
+def sandboxes(tmp_path: Path) -> Iterator[Sandboxes]:
+    """Sandbox fleets for this test, all taken down after it, with no process left behind."""
+    with open_sandboxes(tmp_path) as boxes:
+        yield boxes

@@ -7,17 +7,18 @@ folder). Whatever a test brings up is taken down in a ``finally``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
+
+from .support import eventually, start_time
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -53,26 +54,6 @@ def cli(*args: str, timeout_s: float = 150) -> subprocess.CompletedProcess[str]:
     )
 
 
-def start_time(pid: int) -> str | None:
-    """When ``pid`` started, or None if it is gone or a zombie: with the pid, one process."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else fields[19]
-
-
-def wait_for(check: Callable[[], object], within_s: float, what: str) -> object:
-    deadline = time.monotonic() + within_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within_s:g}s waiting for {what}")
-        time.sleep(0.1)
-
-
 def state_procs(directory: Path) -> dict[str, dict[int, str | None]]:
     """The processes ``state.json`` and the Redis pidfile name, as pid -> start time."""
     state = json.loads((directory / "state.json").read_text())
@@ -94,6 +75,7 @@ def one_line(text: str) -> str:
     return lines[0]
 
 
+@pytest.mark.traffic
 def test_sandbox_up_status_down(tmp_path: Path) -> None:
     directory = tmp_path / "fleet"
     up = cli(
@@ -138,7 +120,9 @@ def test_sandbox_up_status_down(tmp_path: Path) -> None:
             data = json.loads(result.stdout)
             return data if data["traffic"]["total"] >= 20 else None
 
-        data = wait_for(status_with_traffic, 60, "traffic in `sandbox status --json`")
+        data = asyncio.run(
+            eventually(status_with_traffic, "traffic in `sandbox status --json`", within=60)
+        )
         assert isinstance(data, dict)
         assert set(data) == STATUS_KEYS
         assert set(data["traffic"]) == TRAFFIC_KEYS

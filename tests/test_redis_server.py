@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import socket
 import stat
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +28,8 @@ from upgrade_bot.redis_server import (
     start_detached,
     stop_from_pidfile,
 )
+
+from .support import eventually
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -81,15 +83,6 @@ def _fake_binary(directory: Path, name: str, script: str) -> str:
     path.write_text(f"#!/bin/sh\n{script}\n")
     path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return str(path)
-
-
-def _wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 # --- durability ------------------------------------------------------------------------------
@@ -248,7 +241,7 @@ def test_detached_server_and_pidfile(
             RedisServer(data, binary=any_binary).start()
 
         assert stop_from_pidfile(data) is True
-        assert _wait_until(lambda: not rs._pid_alive(pid))
+        asyncio.run(eventually(lambda: not rs._pid_alive(pid), "the server to exit", within=10))
         assert not (data / PIDFILE).exists() and not (data / STATEFILE).exists()
         assert read_pidfile(data) is None
         assert stop_from_pidfile(data) is False

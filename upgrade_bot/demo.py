@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .bot.settings import slack_settings
-from .engine import Run
+from .engine import Run, ms, pct
 from .engine.config import load_config
 from .headless import EXIT_COMPLETED, EXIT_FAILED, EXIT_ROLLED_BACK
 from .sandbox import manage
@@ -350,12 +350,11 @@ def print_report(report: dict[str, Any]) -> None:
         f"{report['requests_failed']} failed, {report['requests_5xx']} answered 5xx by a gateway"
     )
     for g in report["groups"]:
-        fmt_ratio = lambda v: "n/a" if v is None else f"{v * 100:.2f}%"  # noqa: E731
-        fmt_ms = lambda v: "n/a" if v is None else f"{v:.0f}ms"  # noqa: E731
         print(
-            f"  {g['name']}: verdict {g['verdict']}, p99 {fmt_ms(g['p99_ms_before'])} → "
-            f"{fmt_ms(g['p99_ms_after'])}, 5xx {fmt_ratio(g['error_ratio_before'])} → "
-            f"{fmt_ratio(g['error_ratio_after'])}"
+            f"  {g['name']}: verdict {g['verdict']}, "
+            f"p99 {ms(g['p99_ms_before'])} → {ms(g['p99_ms_after'])}, "
+            f"5xx {pct(g['error_ratio_before'])} → "
+            f"{pct(g['error_ratio_after'])}"
         )
         for i in g["instances"]:
             print(

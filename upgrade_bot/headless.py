@@ -19,6 +19,7 @@ from .engine import (
     ABORTED,
     COMPLETED,
     FAILED,
+    OVERRIDES,
     PAUSED,
     ROLLED_BACK,
     WAITING,
@@ -85,8 +86,8 @@ class Transcript:
 
     async def flush(self) -> None:
         if self.cursor is None:
-            self.cursor = await self.engine.cursor(self.CONSUMER, self.run_id)
-        events = await self.engine.events(self.run_id, after=self.cursor)
+            self.cursor = await self.engine.feed.cursor(self.CONSUMER, self.run_id)
+        events = await self.engine.feed.events(self.run_id, after=self.cursor)
         for event_id, event in events:
             line = render_event(event)
             if line:
@@ -95,7 +96,7 @@ class Transcript:
                     self.out(f"{stamp}  {part}")
             self.cursor = event_id
         if events:
-            await self.engine.advance_cursor(self.CONSUMER, self.run_id, self.cursor)
+            await self.engine.feed.advance_cursor(self.CONSUMER, self.run_id, self.cursor)
 
     async def follow(self, stop: asyncio.Event, interval_s: float = 0.2) -> None:
         while not stop.is_set():
@@ -349,7 +350,13 @@ def add_commands(sub: Any, version_type: Callable[[str], str]) -> dict[str, Any]
     run.add_argument("--to", required=True, type=version_type)
     run.add_argument("--groups", default=None, help="comma-separated, in order")
     run.add_argument("--approve", choices=["human", "auto"], default="human")
-    run.add_argument("--override", action="append", default=[], choices=["cp-version", "unhealthy"])
+    run.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        # the backup override is asked for with --backup-waiver, which carries the reason
+        choices=[o for o in OVERRIDES if o != "backup"],
+    )
     run.add_argument("--backup-waiver", metavar="REASON", default=None)
     run.add_argument("--acknowledge-changelog", action="store_true")
 

@@ -31,6 +31,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
 ENV_BINARY = "UPGRADE_BOT_REDIS_SERVER"
 PIDFILE = "redis-server.pid"
 STATEFILE = "redis-server.json"
@@ -114,44 +118,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _command(conn: socket.socket, *args: str) -> bytes:
-    """Send one RESP command; return the first line of the reply (bulk: the whole payload)."""
-    parts = [f"*{len(args)}\r\n".encode()]
-    for arg in args:
-        data = arg.encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    conn.sendall(b"".join(parts))
-    buf = b""
-    while b"\r\n" not in buf:
-        chunk = conn.recv(65536)
-        if not chunk:
-            raise ConnectionError("connection closed")
-        buf += chunk
-    line, _, rest = buf.partition(b"\r\n")
-    if not line.startswith(b"$"):
-        return line
-    size = int(line[1:])
-    while len(rest) < size + 2:
-        chunk = conn.recv(65536)
-        if not chunk:
-            raise ConnectionError("connection closed")
-        rest += chunk
-    return rest[:size]
-
-
 def _server_pid(port: int, timeout: float = 1.0) -> int | None:
     """The pid of the server answering on ``port`` once it serves (PONG), else None."""
+    client = redis.Redis(
+        host=HOST,
+        port=port,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),  # one look: the callers poll
+    )
     try:
-        with socket.create_connection((HOST, port), timeout=timeout) as conn:
-            if _command(conn, "PING") != b"+PONG":
-                return None  # e.g. -LOADING while the AOF is replayed
-            info = _command(conn, "INFO", "server").decode(errors="replace")
-    except (OSError, ValueError):
+        client.ping()  # raises BusyLoadingError (-LOADING) while the AOF is replayed
+        pid = client.info("server").get("process_id")
+    except (redis.RedisError, OSError):
         return None
-    for line in info.splitlines():
-        if line.startswith("process_id:"):
-            return int(line.split(":", 1)[1])
-    return None
+    finally:
+        client.close()
+    return int(pid) if pid is not None else None
 
 
 def _pid_alive(pid: int) -> bool:

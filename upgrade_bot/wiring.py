@@ -9,15 +9,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 from .engine.adapters.controlplane import ControlPlaneClient
 from .engine.adapters.performer import EffectPerformer
 from .engine.adapters.store import RedisStore
 from .engine.api import Engine
-from .engine.backends.base import Backend
-from .engine.backends.local import LocalBackend
-from .engine.config import Config, Group
+from .engine.backends import build_backend
+from .engine.config import Config
 from .engine.errors import ConfigError
 from .engine.runner import Clock, SystemClock, no_checkpoint
 
@@ -29,24 +27,6 @@ def new_run_id(target: str) -> str:
 
 def bot_identity(config: Config) -> str:
     return config.identity or os.environ.get("UPGRADE_BOT_IDENTITY") or socket.gethostname()
-
-
-def build_backend(group: Group) -> Backend:
-    backend = group.backend
-    if backend.type == "local":
-        return LocalBackend(
-            group.name,
-            backend.sandbox_url,
-            stop_signal=backend.stop_signal,
-            stop_timeout_s=backend.stop_timeout_s,
-        )
-    raise ConfigError(
-        "<config>",
-        [
-            f"groups ({group.name}).backend.type: '{backend.type}' is not available in this "
-            "version of upgrade-bot (available: local)"
-        ],
-    )
 
 
 def redis_url_for(config: Config, *, require_env: bool) -> str:
@@ -105,7 +85,3 @@ async def engine_for(
     finally:
         await performer.close()
         await store.close()
-
-
-def describe(engine: Engine) -> dict[str, Any]:
-    return {"identity": engine.identity}

@@ -8,25 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from .. import metrics as m
 from ..backends.base import Backend, SlotInfo
 from ..changelog import entries_between, parse_changelog
 from ..config import Config
 from ..decide import Failure, Outcome
 from ..errors import PermanentError, TemporaryError
-from ..model import Pending, Run, _build
+from ..model import Pending, Run
 from ..runner import SystemClock, resolve_outcome
+from ..sources import MetricsSource
+from ..store import Fence
 from .changelog_source import read_source
 from .controlplane import ControlPlaneClient
 from .hooks import run_backup
-from .scrape import scrape
 from .smoke import run_smoke
+from .sources import build_metrics_source
+
+log = logging.getLogger(__name__)
 
 
 def slot_dict(info: SlotInfo) -> dict[str, Any]:
@@ -43,6 +47,7 @@ class EffectPerformer:
         cp: ControlPlaneClient | None = None,
         base_dir: Path = Path("."),
         clock: Any = None,
+        metrics: MetricsSource | None = None,
     ) -> None:
         self.config = config
         self.backends = backends
@@ -50,6 +55,10 @@ class EffectPerformer:
         self.cp = cp
         self.base_dir = base_dir
         self.clock = clock or SystemClock()
+        # The evidence for verdicts and check-ins: by default the config's source (scraping).
+        self.metrics = metrics or build_metrics_source(
+            config, backends=backends, http=self.http, now=self._now
+        )
 
     def _now(self) -> float:
         return float(self.clock.now())
@@ -60,7 +69,7 @@ class EffectPerformer:
         except KeyError:
             raise PermanentError(f"no backend for group '{group}'") from None
 
-    async def perform(self, run: Run, effect: Pending, fence: Any) -> Outcome | Failure:
+    async def perform(self, run: Run, effect: Pending, fence: Fence | None) -> Outcome | Failure:
         handler = getattr(self, f"_do_{effect.kind}")
         return await resolve_outcome(handler(run, effect.args, fence), effect.key)
 
@@ -135,49 +144,39 @@ class EffectPerformer:
             raise PermanentError("no backup hook configured")
         return await run_backup(self.config.backup, run_id=run.id, client=self.http)
 
-    async def snapshot(self, group: str) -> m.Snapshot:
-        slots = await self.backend(group).list_slots()
-        # An instance is known by its metrics address: a replaced slot is a new instance, so its
-        # counters start from zero instead of being mistaken for a reset.
-        targets = {
-            f"{s.id}@{s.endpoints['metrics']}": s.endpoints["metrics"]
-            for s in slots
-            if s.endpoints.get("metrics")
-        }
-        if not targets:
-            raise TemporaryError(f"{group}: no instance exposes metrics")
-        return await scrape(targets, self.http, now=self._now())
-
     async def _do_scrape(self, run: Run, args: dict[str, Any], fence: Any) -> dict[str, Any]:
-        return {"snapshot": dataclasses.asdict(await self.snapshot(args["group"]))}
+        # A window's start (a mark), or, given its start, its summary from there to now.
+        if "mark" in args:
+            summary = await self.metrics.summarize(args["group"], args["mark"])
+            return {"summary": summary.to_dict()}
+        return {"mark": await self.metrics.mark(args["group"])}
 
-    async def _do_ensure_slots(self, run: Run, args: dict[str, Any], fence: Any) -> dict[str, Any]:
-        backend = self.backend(args["group"])
-
-        async def one(slot_id: str) -> tuple[str, SlotInfo | BaseException]:
-            try:
-                info = await backend.ensure_image(
-                    slot_id,
-                    args["image"],
-                    ready_timeout_s=float(args["ready_timeout_s"]),
-                    fence=f"{run.id}:{fence.token}" if fence is not None else None,
-                )
-                return slot_id, info
-            except (TemporaryError, PermanentError) as exc:
-                return slot_id, exc
-
-        results = await asyncio.gather(*(one(s) for s in args["slots"]))
-        out: dict[str, Any] = {"slots": {}, "errors": {}}
-        for slot_id, res in results:
-            if isinstance(res, SlotInfo):
-                out["slots"][slot_id] = slot_dict(res)
-            else:
-                out["errors"][slot_id] = {
-                    "error": str(res),
-                    "temporary": isinstance(res, TemporaryError),
-                    "delay_s": getattr(res, "delay_s", 2.0),
+    async def _do_ensure_slots(
+        self, run: Run, args: dict[str, Any], fence: Fence | None
+    ) -> dict[str, Any]:
+        slots = list(args["slots"])
+        rollout = await self.backend(args["group"]).ensure_group(
+            args["image"],
+            slots=slots,
+            ready_timeout_s=float(args["ready_timeout_s"]),
+            fence=f"{run.id}:{fence.token}" if fence is not None else None,
+            parallel=max(1, len(slots)),  # the batch decide chose goes at once
+            progress=lambda news: log.info("run %s: %s %s", run.id, news.slot_id, news.step),
+        )
+        errors: dict[str, TemporaryError | PermanentError] = dict(rollout.failed)
+        for slot_id in rollout.pending:
+            errors[slot_id] = TemporaryError(f"{slot_id}: not started (the rollout stopped)")
+        return {
+            "slots": {slot_id: slot_dict(info) for slot_id, info in rollout.ready.items()},
+            "errors": {
+                slot_id: {
+                    "error": str(exc),
+                    "temporary": isinstance(exc, TemporaryError),
+                    "delay_s": getattr(exc, "delay_s", 2.0),
                 }
-        return out
+                for slot_id, exc in errors.items()
+            },
+        }
 
     async def _do_smoke(self, run: Run, args: dict[str, Any], fence: Any) -> dict[str, Any]:
         return await run_smoke(args["endpoints"], self.config.smoke_for(args["group"]), self.http)
@@ -193,13 +192,13 @@ class EffectPerformer:
             }
             if g.settle_snapshot:
                 # Errors and latency since the group's after-window began.
-                now = await self.snapshot(g.name)
-                summary = m.summarize(m.window(_build(m.Snapshot, g.settle_snapshot), now))
+                summary = await self.metrics.summarize(g.name, g.settle_snapshot)
                 entry["since_upgrade"] = summary.to_dict()
             groups[g.name] = entry
         return {"groups": groups, **await self.revision(run)}
 
     async def close(self) -> None:
+        await self.metrics.close()
         await self.http.aclose()
         if self.cp is not None:
             await self.cp.close()

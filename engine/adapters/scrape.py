@@ -1,6 +1,8 @@
-"""Scrape the APISIX prometheus plugin of every instance of a group into a Snapshot.
+"""The scraping metrics source: the APISIX prometheus plugin of every instance of a group.
 
-The IO half of ``upgrade_bot.engine.metrics``: one concurrent GET per instance on
+:class:`ScrapeSource` is the first :class:`~..sources.MetricsSource`: a window's mark is a
+snapshot of every instance's counters, its summary the counter deltas from that snapshot to a
+new one. The IO half of ``upgrade_bot.engine.metrics``: one concurrent GET per instance on
 ``{base}/apisix/prometheus/metrics``, parsed with prometheus_client's text parser. httpx
 failures and non-200 answers become :class:`TemporaryError` naming the instance; messages
 carry the instance id and host:port, never the URL's credentials, path or query.
@@ -9,14 +11,17 @@ carry the instance id and host:port, never the URL's credentials, path or query.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from ..backends.base import Backend
 from ..errors import PermanentError, TemporaryError
-from ..metrics import InstanceSample, Snapshot, merge_buckets
+from ..metrics import InstanceSample, Snapshot, Summary, merge_buckets, summary_since
+from ..sources import Mark, SeriesPoint
 from .controlplane import host_port
 
 METRICS_PATH = "/apisix/prometheus/metrics"
@@ -153,3 +158,53 @@ async def scrape(targets: Mapping[str, str], client: httpx.AsyncClient, *, now: 
             raise errors[0]
         raise TemporaryError("; ".join(str(e) for e in errors))
     return Snapshot(taken_at=now, instances=tuple(samples))
+
+
+class ScrapeSource:
+    """Per-instance scraping as a :class:`~..sources.MetricsSource` (``metrics.type: scrape``).
+
+    The instances are the group's slots that expose a ``metrics`` endpoint, as its backend
+    lists them now. The http client is the caller's (and closed by it).
+    """
+
+    def __init__(
+        self,
+        backends: Mapping[str, Backend],
+        http: httpx.AsyncClient,
+        now: Callable[[], float],
+    ) -> None:
+        self.backends = backends
+        self.http = http
+        self.now = now
+
+    async def snapshot(self, group: str) -> Snapshot:
+        """Every instance of ``group`` scraped now."""
+        backend = self.backends.get(group)
+        if backend is None:
+            raise PermanentError(f"no backend for group '{group}'")
+        slots = await backend.list_slots()
+        # An instance is known by its metrics address: a replaced slot is a new instance, so its
+        # counters start from zero instead of being mistaken for a reset.
+        targets = {
+            f"{s.id}@{s.endpoints['metrics']}": s.endpoints["metrics"]
+            for s in slots
+            if s.endpoints.get("metrics")
+        }
+        if not targets:
+            raise TemporaryError(f"{group}: no instance exposes metrics")
+        return await scrape(targets, self.http, now=self.now())
+
+    async def mark(self, group: str) -> Mark:
+        """The window starts at a snapshot of every instance's counters."""
+        return dataclasses.asdict(await self.snapshot(group))
+
+    async def summarize(self, group: str, mark: Mark | None) -> Summary:
+        """The counter deltas from ``mark`` to a snapshot taken now, summarized."""
+        return summary_since(mark, await self.snapshot(group))
+
+    async def series(self, group: str, start: float, end: float) -> list[SeriesPoint]:
+        """None: counters are read only at the marks, so there is no history to draw."""
+        return []
+
+    async def close(self) -> None:
+        """Nothing to release: the http client is the caller's."""

@@ -36,7 +36,6 @@ import json
 import re
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -47,6 +46,7 @@ from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from upgrade_bot.engine import errors
+from upgrade_bot.engine.store import Fence
 
 GLOBAL = "global"
 DEFAULT_PREFIX = "upgrade-bot"
@@ -109,20 +109,6 @@ class RunExists(errors.RunExists):
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         super().__init__(f"run {run_id} already exists")
-
-
-@dataclass(frozen=True)
-class Fence:
-    """Proof of holding a run's lease: writes are refused once ``token`` is not current."""
-
-    run_id: str
-    holder: str
-    token: int
-
-    @property
-    def lease_value(self) -> str:
-        """The exact value of the lease key while this fence is current."""
-        return f"{self.token}:{self.holder}"
 
 
 # --- Lua -------------------------------------------------------------------------------------
@@ -584,11 +570,6 @@ class RedisStore:
                 args=[run_id, _ms(self.retention_s)],
             )
 
-    async def run_is_active(self, run_id: str) -> bool:
-        """True while the run exists and has not been finished."""
-        with self._guard():
-            return bool(await self._client.sismember(self._k("runs", "active"), run_id))
-
     async def history(self, limit: int = 20, now: float | None = None) -> list[str]:
         """Run ids, newest first; with ``now``, forget runs created before the retention."""
         runs = self._k("runs")
@@ -657,12 +638,6 @@ class RedisStore:
                 args=[OP_TTL_MS, _ms(self.retention_s), _dumps(event)],
             )
         return str(result[1])
-
-    async def global_events(
-        self, after: str = "0-0", count: int = 1000
-    ) -> list[tuple[str, dict[str, Any]]]:
-        """Events of the global audit stream after ``after`` (exclusive), oldest first."""
-        return await self._read(self._k("audit", GLOBAL), after, count)
 
     async def _read(self, key: str, after: str, count: int) -> list[tuple[str, dict[str, Any]]]:
         _check_stream_id(after)
@@ -755,8 +730,7 @@ class RedisStore:
         """Break-glass: delete the group's lock; returns the former holder (None if unlocked).
 
         Appends ``lock_broken`` to the global audit stream and to the former run's stream in
-        the same script. Whether breaking is allowed is the caller's decision (see
-        :meth:`run_is_active`).
+        the same script. Whether breaking is allowed is the caller's decision.
         """
         lock = self._lock_key(group)
         for _ in range(10):

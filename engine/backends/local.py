@@ -15,13 +15,24 @@ from typing import Any
 
 import httpx
 
+from .. import config
 from ..errors import NotReadyError, PermanentError, TemporaryError
-from .base import SlotInfo
+from .base import PerSlotRollout, SlotInfo
 
 FENCE_HEADER = "X-Upgrade-Fence"
 
 
-class LocalBackend:
+def build(group: str, settings: config.LocalBackend) -> LocalBackend:
+    """The backend of ``group`` as its configuration's ``backend`` section describes it."""
+    return LocalBackend(
+        group,
+        settings.sandbox_url,
+        stop_signal=settings.stop_signal,
+        stop_timeout_s=settings.stop_timeout_s,
+    )
+
+
+class LocalBackend(PerSlotRollout):
     def __init__(
         self,
         group: str,
@@ -54,9 +65,6 @@ class LocalBackend:
     async def list_slots(self) -> list[SlotInfo]:
         data = await self._call("GET", f"/groups/{self.group}/slots")
         return [_slot_info(s) for s in data["slots"]]
-
-    async def describe(self, slot_id: str) -> SlotInfo:
-        return _slot_info(await self._call("GET", f"/slots/{slot_id}"))
 
     async def ensure_image(
         self, slot_id: str, image: str, *, ready_timeout_s: float, fence: str | None = None

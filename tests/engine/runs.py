@@ -1,23 +1,28 @@
-"""Builders for ``decide`` tests: a config, a scripted fleet, and a driver that plays the runner.
+"""Builders for ``decide`` tests: a config, a scripted fleet, and runs driven by the real runner.
 
-The driver does what ``engine/runner.py`` does, without IO: decide on a Tick, save, perform the
-one effect (here: a scripted function of the effect), decide on its Outcome or Failure, save.
-Every saved record goes through JSON and ``load_run`` as it would through Redis. Time is a
-number the test moves; waiting for ``wake_at`` just sets it.
+``Sim.drive`` hands the run to the engine's own ``Runner`` with three test ports: a store that
+keeps the one record in memory (every save goes through JSON and ``load_run``, as through Redis),
+a performer that answers each effect from the scripted fleet, and a clock whose time is a number
+the test moves (waiting for ``wake_at`` just sets it). ``Sim.tick``/``cmd``/``apply`` call
+``decide`` directly, one decision at a time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import dataclasses
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from unittest import mock
 
 import yaml
 
+from upgrade_bot.engine import runner as runner_module
 from upgrade_bot.engine.config import Config, parse_config
 from upgrade_bot.engine.decide import (
     Command,
@@ -29,8 +34,9 @@ from upgrade_bot.engine.decide import (
     decide,
     initial_run,
 )
-from upgrade_bot.engine.metrics import InstanceSample, Snapshot
+from upgrade_bot.engine.metrics import InstanceSample, Snapshot, summary_since
 from upgrade_bot.engine.model import PAUSED, WAITING, GroupRun, Pending, Run
+from upgrade_bot.engine.runner import Runner
 from upgrade_bot.engine.schema import load_run, plan_hash
 
 REPO = "api7/api7-ee-3-gateway"
@@ -215,7 +221,11 @@ class Fleet:
         return Snapshot(taken_at=now, instances=tuple(samples))
 
     def scrape(self, effect: Pending, now: float) -> dict[str, Any]:
-        return {"snapshot": dataclasses.asdict(self.snapshot(effect.args["group"], now))}
+        """What the scraping metrics source answers: a window's mark, or its summary."""
+        snapshot = self.snapshot(effect.args["group"], now)
+        if "mark" in effect.args:
+            return {"summary": summary_since(effect.args["mark"], snapshot).to_dict()}
+        return {"mark": dataclasses.asdict(snapshot)}
 
     def ensure_slots(self, effect: Pending, now: float) -> dict[str, Any]:
         out: dict[str, Any] = {"slots": {}, "errors": {}}
@@ -343,24 +353,32 @@ class Sim:
         before: Callable[[Pending], bool] | None = None,
         max_steps: int = 500,
     ) -> Pending | None:
-        """Run like the runner until the run ends or needs a person, ``until`` holds, or (with
+        """Run the engine's runner until the run ends or needs a person, ``until`` holds, or (with
         ``before``) a matching effect is saved as pending but not yet performed (returned)."""
-        for _ in range(max_steps):
-            if self.run.terminal or self.run.state in (WAITING, PAUSED):
-                return None
-            if until is not None and until(self):
-                return None
-            d = self.tick()
-            if d.effects:
-                if before is not None and before(d.effects[0]):
-                    return d.effects[0]
-                self.perform(d.effects[0])
-            elif d.wake_at is not None:
-                assert d.wake_at > self.now, "woken for a time that has already come"
-                self.now = d.wake_at
-            elif not (self.run.terminal or self.run.state in (WAITING, PAUSED)):
-                raise AssertionError(f"stuck: {self.run.state} {self.run.step} {self.run.phase}")
-        raise AssertionError("the run did not settle")
+        if self.run.terminal or self.run.state in (WAITING, PAUSED):
+            return None
+        if until is not None and until(self):
+            return None
+        ports = _Ports(self, until, before, max_steps)
+        runner = Runner(
+            store=ports,  # type: ignore[arg-type]
+            performer=ports,
+            config=self.config,
+            identity="sim",
+            clock=ports,
+            poll_interval_s=math.inf,  # sleep only until the decision's wake_at
+        )
+
+        async def drive() -> Pending | None:
+            ports.driver = asyncio.current_task()
+            try:
+                await runner.drive(self.run.id)
+            except _Stop as stop:
+                return stop.effect
+            return None
+
+        with ports.recording():
+            return asyncio.run(drive())
 
     def drive_to_gate(self, group: str) -> None:
         self.drive()
@@ -391,6 +409,130 @@ class Sim:
             if s.id == slot_id:
                 return s
         raise KeyError(slot_id)
+
+
+class _Stop(Exception):
+    """Ends a drive where the test asked; ``effect``: saved as pending, not performed."""
+
+    def __init__(self, effect: Pending | None = None) -> None:
+        super().__init__(effect)
+        self.effect = effect
+
+
+@dataclass(frozen=True)
+class _Fence:
+    run_id: str
+    token: int
+
+
+class _Ports:
+    """The runner's store, performer and clock for one ``Sim.drive``.
+
+    Store: the Sim's one record, at a revision. Each time the runner reads it to decide afresh
+    (not to apply an outcome just performed), the drive may stop there, as the old loop did:
+    the run needs a person, ``until`` holds, or too many steps. Performer: the scripted fleet,
+    unless ``before`` picks the effect. Clock: ``sim.now``; only the driving task moves it (to
+    the last decision's ``wake_at``), any other task (the lease renewer) waits for the end.
+    """
+
+    def __init__(
+        self,
+        sim: Sim,
+        until: Callable[[Sim], bool] | None,
+        before: Callable[[Pending], bool] | None,
+        max_steps: int,
+    ) -> None:
+        self.sim, self.until, self.before, self.max_steps = sim, until, before, max_steps
+        self.rev, self.token, self.steps = 1, 0, 0
+        self.applying = False  # an effect was performed: the next read applies its outcome
+        self.wake_at: float | None = None
+        self.driver: asyncio.Task[Any] | None = None
+
+    @contextmanager
+    def recording(self) -> Iterator[None]:
+        """Every decision the runner takes lands in ``sim.decisions``, as ``Sim.apply`` does."""
+        real = runner_module.decide
+
+        def decide_and_record(run: Run, event: Event, now: float, config: Config) -> Decision:
+            d = real(run, event, now, config)
+            self.sim.decisions.append((run, event, now, d))
+            self.wake_at = d.wake_at
+            return d
+
+        with mock.patch.object(runner_module, "decide", decide_and_record):
+            yield
+
+    # --- store
+    async def load(self, run_id: str) -> tuple[dict[str, Any], int]:
+        if self.applying:
+            self.applying = False
+        elif not self.sim.run.terminal:
+            if self.sim.run.state in (WAITING, PAUSED):
+                raise _Stop()
+            if self.until is not None and self.until(self.sim):
+                raise _Stop()
+            self.steps += 1
+            if self.steps > self.max_steps:
+                raise AssertionError("the run did not settle")
+        return self.sim.run.to_dict(), self.rev
+
+    async def save(
+        self,
+        run_id: str,
+        record: dict[str, Any],
+        *,
+        expected_rev: int,
+        fence: Any,
+        events: list[dict[str, Any]],
+    ) -> int:
+        assert expected_rev == self.rev and (fence is None or fence.token == self.token)
+        self.sim.run = load_run(json.loads(json.dumps(record)))
+        self.sim.events.extend(events)
+        self.rev += 1
+        return self.rev
+
+    async def finish(self, run_id: str) -> None:
+        pass
+
+    async def acquire_lease(self, run_id: str, identity: str, ttl_s: float) -> _Fence:
+        self.token += 1
+        return _Fence(run_id, self.token)
+
+    async def renew_lease(self, fence: _Fence, ttl_s: float) -> bool:
+        return fence.token == self.token
+
+    async def release_lease(self, fence: _Fence) -> None:
+        pass
+
+    async def check_fence(self, fence: _Fence) -> bool:
+        return fence.token == self.token
+
+    async def newest_token(self, run_id: str) -> int:
+        return self.token
+
+    async def lease_holder(self, run_id: str) -> dict[str, Any] | None:
+        return None
+
+    # --- performer
+    async def perform(self, run: Run, effect: Pending, fence: Any) -> Outcome | Failure:
+        if self.before is not None and self.before(effect):
+            raise _Stop(effect)
+        self.sim.performed.append(effect)
+        self.applying = True
+        return self.sim.result_of(effect)
+
+    # --- clock
+    def now(self) -> float:
+        return self.sim.now
+
+    async def sleep(self, seconds: float) -> None:
+        if asyncio.current_task() is not self.driver:
+            await asyncio.get_running_loop().create_future()  # cancelled when the drive ends
+        run = self.sim.run
+        if math.isinf(seconds):
+            raise AssertionError(f"stuck: {run.state} {run.step} {run.phase}")
+        assert seconds > 0 and self.wake_at is not None, "woken for a time that has already come"
+        self.sim.now = self.wake_at
 
 
 __all__ = [

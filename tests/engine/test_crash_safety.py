@@ -26,8 +26,9 @@ import pytest
 from upgrade_bot.engine import COMPLETED, ROLLED_BACK, Command
 from upgrade_bot.engine.config import load_config
 from upgrade_bot.sandbox import manage
-from upgrade_bot.sandbox.spec import SandboxSpec, group_names
 from upgrade_bot.wiring import engine_for
+
+from ..support import Sandboxes, eventually, fleet_spec
 
 pytestmark = pytest.mark.traffic
 
@@ -57,16 +58,9 @@ def sandbox(
     lease_ttl_s: float | None = None,
     ready_delay_s: float = 0.3,
 ) -> manage.SandboxHandle:
-    spec = SandboxSpec(
-        groups=group_names(groups),
-        instances=instances,
-        version="3.8.0",
-        cp_version="3.8.1",
-        rate_per_s=60.0,
-        latency_ms=20.0,
-        ready_delay_s=ready_delay_s,
-    )
-    handle = manage.up(directory, spec, sandbox_defaults=FAST_DEFAULTS)
+    spec = fleet_spec(groups, instances, ready_delay_s=ready_delay_s)
+    boxes = Sandboxes(directory.parent)
+    handle = boxes.up_blocking(spec, name=directory.name, defaults=FAST_DEFAULTS)
     if lease_ttl_s is not None:
         text = handle.config_path.read_text()
         handle.config_path.write_text(text + f"store:\n  lease_ttl_s: {lease_ttl_s}\n")
@@ -89,14 +83,14 @@ def truth_by_slot(handle: manage.SandboxHandle) -> dict[str, dict[str, Any]]:
 async def event_types(handle: manage.SandboxHandle, run_id: str) -> Counter[str]:
     config = load_config(handle.config_path)
     async with engine_for(config, config_dir=handle.dir, redis_url=handle.redis_url) as engine:
-        events = await engine.events(run_id)
+        events = await engine.feed.events(run_id)
     return Counter(e["type"] for _, e in events)
 
 
 async def slot_events(handle: manage.SandboxHandle, run_id: str, kind: str) -> Counter[str]:
     config = load_config(handle.config_path)
     async with engine_for(config, config_dir=handle.dir, redis_url=handle.redis_url) as engine:
-        events = await engine.events(run_id)
+        events = await engine.feed.events(run_id)
     return Counter(e["slot"] for _, e in events if e["type"] == kind)
 
 
@@ -281,16 +275,6 @@ async def test_ten_kill_9s_across_replacement_gates_and_rollback_lose_nothing(
         manage.down(handle.dir)
 
 
-def wait_for(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
-
-
 async def test_a_frozen_driver_is_fenced_after_another_takes_over(tmp_path: Path) -> None:
     """SIGSTOP mid-replacement, takeover by another bot, SIGCONT: the stale one is refused."""
     # A slow start keeps driver A inside a replacement long enough to freeze it there.
@@ -312,7 +296,7 @@ async def test_a_frozen_driver_is_fenced_after_another_takes_over(tmp_path: Path
             slots = httpx.get(f"{handle.control_url}/groups/prod-eu/slots", timeout=10).json()
             return any(len(s["instances"]) > 1 for s in slots["slots"])
 
-        wait_for(replacement_under_way, 120, "driver A to start a replacement")
+        await eventually(replacement_under_way, "driver A to start a replacement", within=120)
         driver_a.send_signal(signal.SIGSTOP)
         try:
             driver_b = subprocess.run(
@@ -361,10 +345,7 @@ async def test_commands_from_another_process_land_while_a_driver_runs(
             current = await engine.status(run.id)
             return current.pending is not None and current.pending.kind == "ensure_slots"
 
-        deadline = time.monotonic() + 120
-        while not await replacing():
-            assert time.monotonic() < deadline, "no replacement started"
-            await asyncio.sleep(0.02)
+        await eventually(replacing, "a replacement to start", within=120, interval=0.02)
         decision = await engine.command(run.id, Command("pause", "oncall", reason="look first"))
         assert decision.refusal is None
         result = await asyncio.wait_for(driver, 120)

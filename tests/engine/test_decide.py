@@ -289,7 +289,7 @@ def test_the_cp_version_override_lets_an_older_control_plane_through() -> None:
     assert [(u["override"], u["by"], u["cp_version"]) for u in used] == [
         ("cp-version", REQUESTER, OLD)
     ]
-    assert sim.run.cp == {"version": OLD}
+    assert sim.run.cp_version == OLD
     assert sim.run.state == RUNNING
 
 
@@ -312,7 +312,7 @@ def test_without_a_control_plane_the_precheck_is_skipped_with_a_note() -> None:
     (precheck,) = sim.of("precheck")
     assert precheck["status"] == "skipped"
     assert precheck["note"] == "no control plane configured: the CP version pre-check is skipped"
-    assert sim.run.cp is None
+    assert sim.run.cp_version is None
 
 
 # --- changelog ---------------------------------------------------------------------------------
@@ -808,7 +808,7 @@ def test_a_button_of_a_decided_gate_changes_nothing(action: str) -> None:
     d = sim.cmd(action, "UBOB", gate_id=old.id)
 
     assert d.refusal is not None and "no longer pending" in d.refusal
-    assert sim.run.state == state and not sim.run.cp.get("intent")
+    assert sim.run.state == state and sim.run.intent is None
 
 
 # --- automatic approval ------------------------------------------------------------------------
@@ -962,7 +962,7 @@ def test_a_pause_during_the_control_plane_check_is_not_lost() -> None:
     sim.perform(effect)
 
     assert sim.run.state == PAUSED and sim.run.step == "changelog"
-    assert sim.run.cp == {"version": NEW}
+    assert sim.run.cp_version == NEW
     assert sim.kinds()[-1] == "check_control_plane"
 
 

@@ -21,6 +21,8 @@ from upgrade_bot.engine.adapters.hooks import run_backup
 from upgrade_bot.engine.config import CommandHook, HttpHook
 from upgrade_bot.engine.errors import PermanentError, TemporaryError
 
+from ..support import eventually
+
 pytestmark = pytest.mark.timeout(60)
 
 PY = sys.executable
@@ -145,22 +147,16 @@ async def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
         await run_backup(hook, run_id=RUN_ID)
     assert "did not finish within 3 s and was killed" in str(err.value)
     grandchild = int(pid_file.read_text())
-    await wait_until_gone(grandchild)
+    await eventually(lambda: gone(grandchild), f"process {grandchild} to be killed", within=10)
 
 
-async def wait_until_gone(pid: int, deadline_s: float = 10.0) -> None:
-    """Poll until ``pid`` no longer exists (a zombie reaped by init counts as gone)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline_s
-    while True:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        if is_zombie(pid):
-            return  # killed; its parent died too, so init reaps it
-        assert loop.time() < end, f"process {pid} survived the timeout"
-        await asyncio.sleep(0.05)
+def gone(pid: int) -> bool:
+    """``pid`` no longer exists (a zombie reaped by init counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return is_zombie(pid)  # killed; its parent died too, so init reaps it
 
 
 async def test_cancellation_kills_the_command(tmp_path: Path) -> None:
@@ -169,15 +165,14 @@ async def test_cancellation_kills_the_command(tmp_path: Path) -> None:
         f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(600)\n"
     )
     task = asyncio.create_task(run_backup(command(tmp_path, script), run_id=RUN_ID))
-    loop = asyncio.get_running_loop()
-    end = loop.time() + 20
-    while not pid_file.exists() or not pid_file.read_text():
-        assert loop.time() < end
-        await asyncio.sleep(0.02)
+    await eventually(
+        lambda: pid_file.exists() and pid_file.read_text(), "the command's pid", within=20
+    )
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await wait_until_gone(int(pid_file.read_text()))
+    pid = int(pid_file.read_text())
+    await eventually(lambda: gone(pid), f"process {pid} to be killed", within=10)
 
 
 async def test_run_id_that_could_escape_the_directory_is_refused(tmp_path: Path) -> None:

@@ -10,17 +10,14 @@ import pytest
 from upgrade_bot.engine.config import Thresholds
 from upgrade_bot.engine.metrics import (
     InstanceSample,
-    Phase,
     Snapshot,
     Summary,
-    Verdict,
-    judge,
     merge_buckets,
     quantile,
     summarize,
     window,
-    worst,
 )
+from upgrade_bot.engine.verdict import RULES, Finding, Phase, Verdict, judge, worst
 
 INF = math.inf
 T = Thresholds()  # runbook defaults: 1% floor, x2, p99 x1.5 + 20 ms, 200 requests
@@ -379,3 +376,24 @@ def test_judge_uses_the_groups_thresholds() -> None:
     assert judge(summary(10), summary(10), strict).phase is Phase.PASS
     assert judge(summary(10), summary(10, errors_5xx=1), strict).phase is Phase.FAIL
     assert judge(summary(10, p99=10.0), summary(10, p99=10.5), strict).phase is Phase.FAIL
+
+
+def test_a_new_rule_is_one_function_and_the_verdict_is_the_worst_finding() -> None:
+    def saturation(before: Summary, after: Summary, t: Thresholds) -> Finding:
+        if after.rate_per_s > 2 * before.rate_per_s:
+            return Finding(Phase.INCONCLUSIVE, ("traffic doubled during the window",))
+        return Finding(Phase.PASS, ("traffic steady",))
+
+    rules = (*RULES, saturation)
+    steady = judge(summary(), summary(), T, rules)
+    assert steady.phase is Phase.PASS and steady.reasons[-1] == "traffic steady"
+    doubled = judge(summary(), summary(3000), T, rules)
+    assert doubled.phase is Phase.INCONCLUSIVE
+    assert doubled.reasons == ("traffic doubled during the window",)
+    # A failing built-in rule still wins, with the new rule's doubt after its reason.
+    failing = judge(summary(), summary(3000, errors_5xx=300), T, rules)
+    assert failing.phase is Phase.FAIL
+    assert failing.reasons == (
+        "5xx ratio 10.0% after vs 0.0% before (limit 1.0%)",
+        "traffic doubled during the window",
+    )

@@ -21,9 +21,9 @@ import logging
 import socket
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -34,6 +34,8 @@ from upgrade_bot.redis_server import RedisServer
 from upgrade_bot.sandbox import manage
 from upgrade_bot.sandbox.spec import SandboxSpec, group_names
 from upgrade_bot.wiring import engine_for
+
+from ..support import Sandboxes, eventually
 
 pytestmark = [pytest.mark.traffic, pytest.mark.timeout(300)]
 
@@ -54,18 +56,6 @@ SANDBOX_DEFAULTS: dict[str, Any] = {
     "smoke": {"path": "/smoke", "expect_status": [200], "count": 2},
 }
 DEADLINE_S = 180.0  # for the whole run; it takes ~30 s on an idle machine
-T = TypeVar("T")
-
-
-async def eventually(probe: Callable[[], Awaitable[T]], what: str, timeout_s: float = 60.0) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = await probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s:g}s (last: {result!r})")
-        await asyncio.sleep(0.05)
 
 
 def refuses_connections(port: int) -> bool:
@@ -111,9 +101,7 @@ async def test_run_completes_through_a_redis_crash(
     spec = SandboxSpec(
         groups=GROUPS, instances=INSTANCES, version=OLD, cp_version=NEW, rate_per_s=100.0
     )
-    handle = await asyncio.to_thread(
-        manage.up, tmp_path / "fleet", spec, sandbox_defaults=SANDBOX_DEFAULTS
-    )
+    handle = await Sandboxes(tmp_path).up(spec, defaults=SANDBOX_DEFAULTS)
     try:
         assert handle.redis_url == first.url, "the sandbox must use the test's own Redis"
         config = load_config(handle.config_path)
@@ -142,7 +130,7 @@ async def test_run_completes_through_a_redis_crash(
                     slots = {s["id"]: s for s in (await truth())["slots"]}
                     return bool(slots[first_slot]["replacements"] >= 1)
 
-                await eventually(first_slot_replaced, f"{first_slot} replaced", timeout_s=90)
+                await eventually(first_slot_replaced, f"{first_slot} replaced", within=90)
                 assert not driver.done()
 
                 # The crash: no flush, no goodbye to clients.
@@ -151,18 +139,20 @@ async def test_run_completes_through_a_redis_crash(
                 await eventually(
                     lambda: asyncio.to_thread(refuses_connections, port),
                     f"port {port} refusing connections",
-                    timeout_s=30,
+                    within=30,
                 )
 
                 async def driver_met_the_outage() -> bool:
                     return any("store unavailable" in r.getMessage() for r in caplog.records)
 
-                await eventually(driver_met_the_outage, "the driver retrying the store")
+                await eventually(driver_met_the_outage, "the driver retrying the store", within=60)
                 if lease_ttl_s is not None:
                     # Stay down until the lease (renewed at most lease_ttl_s ago) has lapsed.
                     lapsed_at = killed_at + lease_ttl_s + 1.0
                     await eventually(
-                        lambda: asyncio.sleep(0, time.time() > lapsed_at), "the lease lapsing"
+                        lambda: asyncio.sleep(0, time.time() > lapsed_at),
+                        "the lease lapsing",
+                        within=60,
                     )
                 assert not driver.done(), "the driver gave up during the outage"
 
@@ -179,7 +169,7 @@ async def test_run_completes_through_a_redis_crash(
 
             assert result.reason == "finished"
             assert result.run.state == COMPLETED, (result.run.state, result.run.reason)
-            events = [e for _, e in await engine.events(run.id)]
+            events = [e for _, e in await engine.feed.events(run.id)]
             stored = await engine.status(run.id)
             raw = aioredis.Redis.from_url(second.url, decode_responses=True)
             try:

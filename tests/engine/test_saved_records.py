@@ -1,9 +1,10 @@
 """Records saved by a real bot are loaded and continued correctly by this code.
 
-The records in ``records/`` were saved by the engine at three interesting points of real runs on
-the sandbox (see ``records/README.md``). Pure tests: ``load_run`` reads each, and ``decide``
-takes it on from there as the bot that saved it would have. A record from a newer bot, or one
-whose plan was edited, is refused with ``Unresumable`` instead of being guessed at.
+The records in ``records/`` were saved by the engine (schema 1) at interesting points of real
+runs (see ``records/README.md``). Pure tests: ``load_run`` reads each, migrating it to this
+code's schema, and ``decide`` takes it on from there as the bot that saved it would have. A
+record from a newer bot, one holding what this code does not know, or one whose plan was
+edited, is refused with ``Unresumable`` instead of being guessed at.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 
 from upgrade_bot.engine.config import Config, load_config
 from upgrade_bot.engine.decide import Command, Decision, Outcome, Tick, decide
+from upgrade_bot.engine.metrics import Summary
 from upgrade_bot.engine.model import (
     PAUSED,
     ROLLED_BACK,
@@ -24,6 +26,8 @@ from upgrade_bot.engine.model import (
     RUNNING,
     SCHEMA_VERSION,
     WAITING,
+    Action,
+    Intent,
     Pending,
     Run,
     SlotRun,
@@ -34,7 +38,12 @@ RECORDS = Path(__file__).parent / "records"
 OLD, NEW = "3.8.0", "3.8.1"
 OLD_IMAGE, NEW_IMAGE = f"sandbox/apisix:{OLD}", f"sandbox/apisix:{NEW}"
 APPROVER = "rec-approver"
-NAMES = ("gate_after_first_group", "paused_config_changed", "mid_rollback")
+NAMES = (
+    "gate_after_first_group",
+    "paused_config_changed",
+    "mid_rollback",
+    "intent_during_baseline",
+)
 
 
 def record(name: str) -> dict[str, Any]:
@@ -56,13 +65,35 @@ def later(run: Run, seconds: float = 1.0) -> float:
     return run.updated_at + seconds
 
 
+def migrated(data: dict[str, Any]) -> dict[str, Any]:
+    """What schema 2 must make of a schema-1 record: ``cp``'s three meanings in three fields,
+    and a pending window-end measurement told where its window started."""
+    out = copy.deepcopy(data)
+    cp = out.pop("cp") or {}
+    out.update(
+        schema=2,
+        cp_version=cp.get("version"),
+        seen_revision=cp.get("seen_revision"),
+        intent=cp.get("intent"),
+    )
+    pending = out["pending"]
+    if pending and pending["kind"] == "scrape" and pending["key"].endswith("_end"):
+        name, phase = pending["key"].split(":")
+        field = "baseline_snapshot" if phase == "baseline_end" else "settle_snapshot"
+        pending["args"]["mark"] = next(g for g in out["groups"] if g["name"] == name)[field]
+    return out
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_every_field_of_a_saved_record_is_known_to_this_code(name: str) -> None:
     data = record(name)
-    assert data["schema"] == SCHEMA_VERSION
+    assert data["schema"] == 1 and SCHEMA_VERSION == 2
     run = load_run(copy.deepcopy(data))
-    # A field this code does not know would be dropped silently on the next save.
-    assert json.loads(json.dumps(run.to_dict())) == data
+    # Every value is kept, each in its new place: nothing was dropped or invented.
+    saved = json.loads(json.dumps(run.to_dict()))
+    assert saved == migrated(data)
+    # And a record saved by this code is read back exactly.
+    assert load_run(copy.deepcopy(saved)) == run
 
 
 def test_approving_the_gate_starts_the_next_group(config: Config) -> None:
@@ -98,8 +129,9 @@ def test_resuming_after_a_config_change_accepts_it_and_opens_the_gate(config: Co
     run = load_run(record("paused_config_changed"))
     assert run.state == PAUSED and run.phase == "freeze_check" and run.pending is None
     assert "configuration changed" in (run.reason or "")
-    seen = (run.cp or {})["seen_revision"]
-    assert seen != run.config_revision
+    seen = run.seen_revision
+    assert seen is not None and seen != run.config_revision
+    assert run.cp_version == NEW and run.intent is None
 
     # Nothing happens while paused, whatever the time.
     idle = decide(run, Tick(), later(run, 3600), config)
@@ -175,6 +207,45 @@ def test_a_rollback_carries_on_newest_group_first(config: Config) -> None:
         assert (s.current_image, s.replacements, s.restorations) == (OLD_IMAGE, 1, 1), s
 
 
+def test_a_pause_asked_during_a_measurement_applies_once_it_is_recorded(config: Config) -> None:
+    run = load_run(record("intent_during_baseline"))
+    # cp's three meanings, each intact in its own field.
+    assert run.cp_version == NEW and run.seen_revision == 1 and run.config_revision == 1
+    assert run.intent == Intent(
+        action=Action.PAUSE, user=APPROVER, reason="checking the eu dashboards first"
+    )
+    us = run.group("prod-us")
+    assert run.state == RUNNING and run.phase == "baseline_end" and us.before is None
+    assert run.pending is not None and run.pending.key == "prod-us:baseline_end"
+    assert run.pending.kind == "scrape" and run.pending.args["group"] == "prod-us"
+    # The window's start travels with the effect, so the metrics source can answer the window.
+    assert us.baseline_snapshot is not None
+    assert run.pending.args["mark"] == us.baseline_snapshot
+
+    # A restarted driver performs the measurement that was under way, and nothing else.
+    d = decide(run, Tick(), later(run), config)
+    assert d.effects == (run.pending,) and d.events == ()
+
+    before = Summary(40, 0, 0, 0.0, 0.0, 12.0, 19.0, 20.0, 2.0, 20.0)
+    d = decide(run, Outcome(run.pending.key, {"summary": before.to_dict()}), later(run), config)
+
+    # The window is recorded, then the pause asked meanwhile takes effect.
+    assert d.run.group("prod-us").before == before.to_dict()
+    assert types(d) == ["paused"] and d.events[0]["by"] == APPROVER
+    assert d.run.state == PAUSED and d.run.reason == "checking the eu dashboards first"
+    assert d.run.intent is None and d.run.pending is None and d.effects == ()
+    assert d.run.phase == "replace"
+    assert (d.run.cp_version, d.run.seen_revision) == (NEW, 1)
+
+    # Resumed, prod-us is replaced one slot at a time, within the group's ready timeout.
+    resumed = decide(d.run, Command("resume", APPROVER), later(run, 60), config)
+    assert types(resumed) == ["resumed", "slot_replacing"]
+    (effect,) = resumed.effects
+    assert effect.kind == "ensure_slots" and effect.args["slots"] == ["prod-us/0"]
+    assert effect.args["image"] == NEW_IMAGE
+    assert effect.args["ready_timeout_s"] == config.rollout_for("prod-us").ready_timeout_s == 30
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_a_record_from_a_newer_bot_asks_for_an_upgrade(name: str) -> None:
     data = record(name)
@@ -183,6 +254,38 @@ def test_a_record_from_a_newer_bot_asks_for_an_upgrade(name: str) -> None:
         load_run(data)
     assert data["id"] in str(err.value)
     assert f"schema {SCHEMA_VERSION + 1}" in str(err.value)
+    assert "saved by a newer upgrade-bot" in str(err.value)
+    assert f"reads up to {SCHEMA_VERSION}" in str(err.value)
+
+
+def _unknown_field(data: dict[str, Any]) -> None:
+    data["canary_weight"] = 10
+
+
+def _unknown_slot_field(data: dict[str, Any]) -> None:
+    data["groups"][0]["slots"][0]["zone"] = "eu-west-1a"
+
+
+def _unknown_state(data: dict[str, Any]) -> None:
+    data["state"] = "canarying"
+
+
+@pytest.mark.parametrize("edit", [_unknown_field, _unknown_slot_field, _unknown_state])
+def test_a_record_holding_what_this_code_does_not_know_is_refused_whole(edit: Any) -> None:
+    current = load_run(record("intent_during_baseline")).to_dict()  # saved by this code
+    data = json.loads(json.dumps(current))
+    edit(data)
+    with pytest.raises(Unresumable, match="upgrade this bot") as err:
+        load_run(data)
+    assert data["id"] in str(err.value) and f"schema {SCHEMA_VERSION}" in str(err.value)
+
+
+def test_a_schema_1_record_with_an_unknown_cp_key_is_refused() -> None:
+    data = record("gate_after_first_group")
+    data["cp"]["edition"] = "ee"
+    with pytest.raises(Unresumable, match="unknown cp key") as err:
+        load_run(data)
+    assert data["id"] in str(err.value) and "schema 1" in str(err.value)
 
 
 def _retarget_image(data: dict[str, Any]) -> None:

@@ -25,17 +25,13 @@ from typing import Any
 import httpx
 import pytest
 
-from upgrade_bot.engine.adapters.scrape import METRICS_PATH, parse_metrics, scrape
+from upgrade_bot.engine.adapters.scrape import METRICS_PATH, ScrapeSource, parse_metrics, scrape
+from upgrade_bot.engine.backends.base import SlotInfo
 from upgrade_bot.engine.config import Thresholds
 from upgrade_bot.engine.errors import PermanentError, TemporaryError
-from upgrade_bot.engine.metrics import (
-    Phase,
-    Snapshot,
-    Summary,
-    judge,
-    summarize,
-    window,
-)
+from upgrade_bot.engine.metrics import Snapshot, Summary, summarize, window
+from upgrade_bot.engine.sources import MetricsSource
+from upgrade_bot.engine.verdict import Phase, judge
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -132,6 +128,59 @@ async def test_scrape_gets_every_target_and_stamps_the_snapshot() -> None:
     assert snap.taken_at == 123.5
     assert [s.instance_id for s in snap.instances] == ["a", "b"]
     assert all(s.requests == 9 for s in snap.instances)
+
+
+class _Slots:
+    """A backend as the scrape source sees it: slots and their metrics endpoints."""
+
+    def __init__(self, slots: list[SlotInfo]) -> None:
+        self.slots = slots
+
+    async def list_slots(self) -> list[SlotInfo]:
+        return self.slots
+
+
+def _slot(slot_id: str, metrics: str | None) -> SlotInfo:
+    endpoints = {"metrics": metrics} if metrics else {}
+    return SlotInfo(
+        id=slot_id, image="apisix:3.8.0", version="3.8.0", ready=True, endpoints=endpoints
+    )
+
+
+async def test_the_scrape_source_answers_a_window_from_its_saved_mark() -> None:
+    served = {"ok": 10, "err": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        text = (
+            "# TYPE apisix_http_status counter\n"
+            f'apisix_http_status{{code="200",route="1"}} {served["ok"]}\n'
+            f'apisix_http_status{{code="500",route="1"}} {served["err"]}\n'
+        )
+        return httpx.Response(200, text=text)
+
+    clock = [100.0]
+    backends: Any = {"eu": _Slots([_slot("eu/0", "http://10.0.0.1:9091")])}
+    async with mock_client(handler) as client:
+        source = ScrapeSource(backends, client, now=lambda: clock[0])
+        assert isinstance(source, MetricsSource)
+        mark = json.loads(json.dumps(await source.mark("eu")))  # saved in the run record
+        assert mark["taken_at"] == 100.0
+        served.update(ok=30, err=5)
+        clock[0] = 110.0
+        summary = await source.summarize("eu", mark)
+        assert await source.series("eu", 100.0, 110.0) == []
+    assert (summary.requests, summary.errors_5xx, summary.duration_s) == (25, 5, 10.0)
+    assert summary.ratio_5xx == pytest.approx(0.2)
+
+
+async def test_the_scrape_source_without_instances_exposing_metrics_is_temporary() -> None:
+    backends: Any = {"eu": _Slots([_slot("eu/0", None)])}
+    async with mock_client(lambda r: httpx.Response(500)) as client:
+        source = ScrapeSource(backends, client, now=lambda: 1.0)
+        with pytest.raises(TemporaryError, match="eu: no instance exposes metrics"):
+            await source.mark("eu")
+        with pytest.raises(PermanentError, match="no backend for group 'us'"):
+            await source.summarize("us", None)
 
 
 async def test_scrape_non_200_is_temporary_and_names_the_instance() -> None:

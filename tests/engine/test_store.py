@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -30,10 +30,11 @@ from upgrade_bot.engine.adapters.store import (
 from upgrade_bot.engine.errors import TemporaryError
 from upgrade_bot.redis_server import RedisServer, free_port
 
+from ..support import eventually
+
 pytestmark = pytest.mark.timeout(60)
 
 PREFIX = "t"
-T = TypeVar("T")
 
 
 # --- fixtures and helpers --------------------------------------------------------------------
@@ -59,18 +60,6 @@ async def raw(server: RedisServer) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(server.url, decode_responses=True)
     yield client
     await client.aclose()
-
-
-async def eventually(probe: Callable[[], Awaitable[T]], timeout_s: float = 10.0) -> T:
-    """Poll ``probe`` until it returns something truthy; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = await probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s}s (last: {result!r})")
-        await asyncio.sleep(0.02)
 
 
 def ev(kind: str, **fields: Any) -> dict[str, Any]:
@@ -112,7 +101,6 @@ async def test_create_load_and_indexes(store: RedisStore, raw: aioredis.Redis) -
     assert await store.lock_holder("g1") == "r1"
     assert await store.lock_holder("g2") == "r1"
     assert await store.lock_holder("g3") is None
-    assert await store.run_is_active("r1")
     assert await store.active_runs() == ["r1"]
     assert await store.history() == ["r1"]
     # the stored layout other tools (and people with redis-cli) rely on
@@ -281,7 +269,6 @@ async def test_finish_releases_locks_and_starts_retention(
     await store.set_cursor("slack", "r1", (await store.events("r1"))[0][0])
     await store.finish("r1")
     assert await store.lock_holder("g1") is None and await store.lock_holder("g2") is None
-    assert not await store.run_is_active("r1")
     assert await store.active_runs() == []
     assert await store.history() == ["r1"]  # still listed until the retention
     retention_ms = 90 * 86400 * 1000
@@ -328,19 +315,13 @@ async def test_break_lock_is_audited_in_both_streams(store: RedisStore) -> None:
         "reason": "bot host lost",
         "at": 123.5,
     }
-    assert [e for _, e in await store.global_events()] == [expected]
+    assert [e for _, e in await store.events(GLOBAL)] == [expected]
     assert (await store.events("r1"))[-1][1] == expected
     # nothing left to break; the group can be taken again
     assert await store.break_lock("g1", user="alice", reason="again", now=124.0) is None
-    assert len(await store.global_events()) == 1
+    assert len(await store.events(GLOBAL)) == 1
     await new_run(store, "r2", ("g1",))
     assert await store.lock_holder("g1") == "r2"
-
-
-async def test_run_is_active_helps_the_break_glass_decision(store: RedisStore) -> None:
-    await new_run(store, "r1", ("g1",))
-    assert await store.run_is_active("r1")
-    assert not await store.run_is_active("gone")
 
 
 # --- events, cursors, de-dup -----------------------------------------------------------------
@@ -375,8 +356,8 @@ async def test_cursors_never_move_back_and_resume_after(store: RedisStore) -> No
 async def test_global_stream_and_cursor(store: RedisStore) -> None:
     first = await store.audit_global(ev("config_reloaded", user="bob", at=1.0))
     second = await store.audit_global(ev("lock_broken", user="bob", at=2.0))
-    assert [i for i, _ in await store.global_events()] == [first, second]
-    assert [e["type"] for _, e in await store.global_events(after=first)] == ["lock_broken"]
+    assert [i for i, _ in await store.events(GLOBAL)] == [first, second]
+    assert [e["type"] for _, e in await store.events(GLOBAL, after=first)] == ["lock_broken"]
     await store.set_cursor("slack", GLOBAL, first)
     assert await store.get_cursor("slack", GLOBAL) == first
     assert [i for i, _ in await store.events(GLOBAL, after=first)] == [second]
@@ -431,10 +412,10 @@ async def test_everything_survives_kill_9_of_redis(tmp_path: Path) -> None:
         assert [i for i, _ in await store.events("r1")] == ids
         assert await store.get_cursor("slack", "r1") == ids[0]
         assert await store.lock_holder("g1") == "r1" and await store.lock_holder("g2") == "r1"
-        assert await store.run_is_active("r1")
+        assert await store.active_runs() == ["r1"]
         assert await store.check_fence(fence)
         assert not await store.first_time("evt-1")
-        assert len(await store.global_events()) == 1
+        assert len(await store.events(GLOBAL)) == 1
         assert await store.save("r1", {"step": 3}, expected_rev=rev, fence=fence, events=[]) == 3
         with pytest.raises(GroupBusy):
             await new_run(store, "r2", ("g2",))

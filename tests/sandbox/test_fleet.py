@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import os
 import signal
 import statistics
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,7 +27,9 @@ from upgrade_bot.engine.errors import NotReadyError
 from upgrade_bot.sandbox import manage
 from upgrade_bot.sandbox.spec import SandboxSpec, group_names, parse_fault
 
-pytestmark = pytest.mark.timeout(180)
+from ..support import Sandboxes, eventually, identify, still_running
+
+pytestmark = [pytest.mark.traffic, pytest.mark.timeout(180)]
 
 OLD, NEW = "3.8.0", "3.8.1"
 REPOSITORY = "sandbox/apisix"
@@ -45,134 +44,7 @@ def image(version: str) -> str:
     return f"{REPOSITORY}:{version}"
 
 
-# --- processes ------------------------------------------------------------------------------
-
-
-def start_time(pid: int) -> str | None:
-    """When ``pid`` started (clock ticks since boot), or None if it is gone or a zombie.
-
-    Together with the pid it names one process: pids are reused (pid_max may be small), and a
-    test must never take a stranger that inherited a pid for one of its own.
-    """
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else fields[19]
-
-
-def identify(pids: set[int]) -> dict[int, str]:
-    return {pid: t for pid in pids if (t := start_time(pid)) is not None}
-
-
-def still_running(procs: dict[int, str]) -> list[int]:
-    return [pid for pid, started in procs.items() if start_time(pid) == started]
-
-
-def pid_alive(pid: int) -> bool:
-    return start_time(pid) is not None
-
-
-def cmdline(pid: int) -> str:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return ""
-    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
-
-
-def pids_mentioning(text: str) -> set[int]:
-    """Live processes whose command line contains ``text`` (e.g. a sandbox folder)."""
-    pids = (int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit())
-    return {p for p in pids if p != os.getpid() and text in cmdline(p) and pid_alive(p)}
-
-
-def sandbox_pids(directory: Path) -> set[int]:
-    """Every process a sandbox folder accounts for: daemon, instances (live ones), Redis."""
-    pids: set[int] = set()
-    with contextlib.suppress(FileNotFoundError, ValueError):
-        state = json.loads((directory / "state.json").read_text())
-        pids.add(int(state["pid"]))
-        pids.update(int(p) for p in state["instance_pids"])
-        with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
-            control = state["control_url"]
-            for group in json.loads((directory / "sandbox.json").read_text())["groups"]:
-                resp = httpx.get(f"{control}/groups/{group}/slots", timeout=30)
-                for slot in resp.json()["slots"]:
-                    pids.update(int(i["pid"]) for i in slot["instances"])
-    with contextlib.suppress(FileNotFoundError, ValueError):
-        pids.add(int((directory / "redis" / "redis-server.pid").read_text().strip()))
-    return pids
-
-
-class Sandboxes:
-    """Brings sandboxes up for one test; the fixture takes every one of them down."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.dirs: list[Path] = []
-        self.procs: dict[int, str] = {}  # pid -> start time, of every process seen
-
-    def track(self, pids: set[int]) -> None:
-        self.procs.update(identify(pids))
-
-    async def up(self, spec: SandboxSpec, name: str = "fleet") -> manage.SandboxHandle:
-        directory = self.root / name
-        self.dirs.append(directory)
-        handle = await asyncio.to_thread(manage.up, directory, spec, timeout_s=120)
-        self.track(sandbox_pids(handle.dir))
-        return handle
-
-    def down_all(self) -> None:
-        leaked: dict[int, str] = {}
-        for directory in self.dirs:
-            self.track(sandbox_pids(directory) | pids_mentioning(str(directory)))
-            try:
-                manage.down(directory)
-            finally:
-                self.track(pids_mentioning(str(directory)))
-                deadline = time.monotonic() + 30
-                while time.monotonic() < deadline and still_running(self.procs):
-                    time.sleep(0.1)
-                for pid in still_running(self.procs):
-                    leaked[pid] = cmdline(pid)[:160]
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-            assert not (directory / "state.json").exists(), "the daemon left its state file"
-        assert not leaked, f"processes left behind after sandbox down: {leaked}"
-
-
-@pytest.fixture
-def sandboxes(tmp_path: Path) -> Iterator[Sandboxes]:
-    boxes = Sandboxes(tmp_path)
-    try:
-        yield boxes
-    finally:
-        boxes.down_all()
-
-
 # --- helpers --------------------------------------------------------------------------------
-
-
-async def poll(
-    check: Callable[[], Any], *, within_s: float, what: str, interval_s: float = 0.25
-) -> Any:
-    """Call ``check`` (sync or async) until it returns something truthy; return that.
-
-    Checks that read the daemon's ``/status`` (which asks every live instance for its stats)
-    poll gently: the daemon also carries the traffic being measured.
-    """
-    deadline = time.monotonic() + within_s
-    last: Any = None
-    while True:
-        last = check()
-        if inspect.isawaitable(last):
-            last = await last
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within_s:g}s waiting for {what} ({last!r})")
-        await asyncio.sleep(interval_s)
 
 
 async def get_json(url: str, **kwargs: Any) -> Any:
@@ -219,8 +91,8 @@ async def settle(handle: manage.SandboxHandle, spec: SandboxSpec) -> dict[str, A
         status = await full_status(handle)
         return status if status["traffic"]["total"] >= target else None
 
-    return await poll(
-        counted, within_s=30, what="one more second of completed traffic", interval_s=0.5
+    return await eventually(
+        counted, what="one more second of completed traffic", within=30, interval=0.5
     )
 
 
@@ -261,8 +133,8 @@ async def current_instance_stats(handle: manage.SandboxHandle, group: str) -> li
     ]
 
 
-async def median_latency_ms(front_door: str, count: int = 48, concurrency: int = 4):
-    """Median wall time of ``count`` GETs through a front door, and the Server headers seen."""
+async def latencies_ms(front_door: str, count: int = 48, concurrency: int = 4):
+    """Wall times of ``count`` GETs through a front door, and the Server headers seen."""
     latencies: list[float] = []
     servers: set[str] = set()
     queue = list(range(count))
@@ -278,7 +150,7 @@ async def median_latency_ms(front_door: str, count: int = 48, concurrency: int =
 
     async with httpx.AsyncClient(timeout=30) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-    return statistics.median(latencies), servers
+    return latencies, servers
 
 
 def describe_failures(status: dict[str, Any], before: dict[str, Any]) -> str:
@@ -303,7 +175,6 @@ def drain_spec() -> SandboxSpec:
     )
 
 
-@pytest.mark.traffic
 async def test_graceful_replacement_of_every_slot_loses_no_request(sandboxes: Sandboxes) -> None:
     spec = drain_spec()
     handle = await sandboxes.up(spec)
@@ -322,11 +193,14 @@ async def test_graceful_replacement_of_every_slot_loses_no_request(sandboxes: Sa
     assert delta["requests_5xx"] == 0, describe_failures(after, before)
     doors = front_door_delta(after, before)
     assert all(doors[f"{g}.{k}"] == 0 for g in spec.groups for k in FRONT_DOOR_ANSWERS), doors
-    # Traffic really flowed, at the offered rate, into both groups the whole time.
-    expected = spec.rate_per_s * elapsed
-    assert 0.75 * expected <= delta["total"] <= 1.1 * expected, (delta, expected, done)
+    # Traffic really flowed into both groups throughout: every stop found requests in flight
+    # (above), and each group answered at least 10 requests per replaced slot (60/s offered:
+    # hundreds, as counts, whatever the machine's load). An open loop never offers more than
+    # its schedule, so the total has an upper bound that load cannot break.
+    assert delta["total"] <= 1.1 * spec.rate_per_s * elapsed, (delta, elapsed, done)
     for group in spec.groups:
-        assert traffic_delta(after, before, group)["total"] >= 0.3 * expected
+        answered = traffic_delta(after, before, group)["total"]
+        assert answered >= 10 * len(spec.slot_ids(group)), (group, answered, done)
     # The registry's observed truth: every slot moved once, and nothing answered before ready.
     slots = slots_by_id(after)
     assert sorted(slots) == sorted(s for g in spec.groups for s in spec.slot_ids(g))
@@ -346,7 +220,6 @@ async def test_graceful_replacement_of_every_slot_loses_no_request(sandboxes: Sa
 # --- 2. negative control: SIGTERM cuts in-flight requests -----------------------------------
 
 
-@pytest.mark.traffic
 async def test_sigterm_replacement_cuts_in_flight_requests(sandboxes: Sandboxes) -> None:
     """The same fleet, traffic and replacement as above; only the stop signal differs."""
     spec = drain_spec()
@@ -405,7 +278,9 @@ async def test_never_ready_version_never_receives_traffic(sandboxes: Sandboxes) 
             found = [i for i in slot["instances"] if i["image"] == image(NEW)]
             return found[0] if found else None
 
-        inst = await poll(new_instance, within_s=60, what="the never-ready instance to start")
+        inst = await eventually(
+            new_instance, "the never-ready instance to start", within=60, interval=0.25
+        )
         never_ready_proc = identify({inst["pid"]})
         sandboxes.track({inst["pid"]})
         stats_url = inst["endpoints"]["status"] + "/sandbox/stats"
@@ -433,8 +308,11 @@ async def test_never_ready_version_never_receives_traffic(sandboxes: Sandboxes) 
     stopped = await get_json(f"{handle.control_url}/instances/{inst['id']}")
     assert stopped["state"] == "exited", stopped
     assert never_ready_proc, "the never-ready instance was not seen running"
-    await poll(
-        lambda: not still_running(never_ready_proc), within_s=30, what="the instance to exit"
+    await eventually(
+        lambda: not still_running(never_ready_proc),
+        "the instance to exit",
+        within=30,
+        interval=0.25,
     )
     slot = await get_json(f"{handle.control_url}/slots/{slot_id}")
     assert (slot["version"], slot["image"], slot["ready"]) == (OLD, image(OLD), True), slot
@@ -453,7 +331,6 @@ async def test_never_ready_version_never_receives_traffic(sandboxes: Sandboxes) 
 # --- 4. every fault kind, observed from outside ---------------------------------------------
 
 
-@pytest.mark.traffic
 async def test_fault_errors_shows_as_gateway_5xx_ratio(sandboxes: Sandboxes) -> None:
     version, fault = parse_fault(f"{NEW}=errors:0.2")
     spec = SandboxSpec(
@@ -478,7 +355,7 @@ async def test_fault_errors_shows_as_gateway_5xx_ratio(sandboxes: Sandboxes) -> 
         status = await full_status(handle)
         return status if traffic_delta(status, replaced, group)["total"] >= 800 else None
 
-    after = await poll(enough, within_s=60, what="800 more requests", interval_s=0.5)
+    after = await eventually(enough, "800 more requests", within=60, interval=0.5)
     delta = traffic_delta(after, replaced, group)
     ratio = delta["requests_5xx"] / delta["total"]
     assert abs(ratio - 0.2) <= 0.05, (ratio, delta)
@@ -504,13 +381,19 @@ async def test_fault_latency_raises_median_latency_through_front_door(
     front_door = handle.front_doors[group]
     start = await full_status(handle)
 
-    before_ms, before_servers = await median_latency_ms(front_door)
+    before_ms, before_servers = await latencies_ms(front_door)
     await replace_group(handle, group, NEW)
-    after_ms, after_servers = await median_latency_ms(front_door)
+    after_ms, after_servers = await latencies_ms(front_door)
 
     assert before_servers == {f"APISIX/{OLD}"}
     assert after_servers == {f"APISIX/{NEW}"}
-    assert abs((after_ms - before_ms) - 200) <= 60, (before_ms, after_ms)
+    # Counted against the injected 200 ms, not timed to a tolerance a loaded machine can miss:
+    # the fault is a floor under every answer (a machine's load only adds to it), the old
+    # version's answers (20 ms x jitter 0.5-1.5) mostly come in under it, and most new answers
+    # come in under twice it (the fault adds 200 ms, not more).
+    assert all(ms >= 200 for ms in after_ms), sorted(after_ms)
+    assert sum(ms < 200 for ms in before_ms) > len(before_ms) / 2, sorted(before_ms)
+    assert sum(ms < 400 for ms in after_ms) > len(after_ms) / 2, sorted(after_ms)
     after = await settle(handle, spec)
     assert traffic_delta(after, start)["failed"] == 0, describe_failures(after, start)
 
@@ -535,7 +418,9 @@ async def test_fault_slow_start_delays_replacement_without_losing_requests(
     after = await settle(handle, spec)
     delta = traffic_delta(after, before)
     assert delta["failed"] == 0 and delta["requests_5xx"] == 0, describe_failures(after, before)
-    assert delta["total"] >= 0.7 * spec.rate_per_s * sum(durations), delta
+    # Traffic went on through the slow starts: counted against the injected 3 s per slot at the
+    # offered rate (60/s: 360 requests), with half of them as the margin.
+    assert delta["total"] >= 0.5 * spec.rate_per_s * 3.0 * len(durations), delta
     for slot in slots_by_id(after).values():
         assert (slot["version"], slot["replacements"]) == (NEW, 1), slot
         assert slot["served_before_ready"] == 0, slot
@@ -571,7 +456,9 @@ async def test_fault_no_cp_instances_stop_heartbeating(sandboxes: Sandboxes) -> 
         listed = await cp_instances()
         return all(listed.get(i, {}).get("status") == "Healthy" for i in old_ids)
 
-    await poll(old_healthy, within_s=30, what="the control plane to see the fleet Healthy")
+    await eventually(
+        old_healthy, "the control plane to see the fleet Healthy", within=30, interval=0.25
+    )
     before = await full_status(handle)
 
     await replace_group(handle, group, NEW)
@@ -587,7 +474,9 @@ async def test_fault_no_cp_instances_stop_heartbeating(sandboxes: Sandboxes) -> 
             raise AssertionError(f"a no-cp instance heartbeated: {listed}")
         return listed if statuses == dict.fromkeys(old_ids, "LostConnection") else None
 
-    listed = await poll(lost, within_s=45, what="the old instances to turn LostConnection")
+    listed = await eventually(
+        lost, "the old instances to turn LostConnection", within=45, interval=0.25
+    )
     assert not [i for i in listed.values() if i["status"] == "Healthy"], listed
     # The gateway itself says so too, from its metrics listener.
     slots = (await get_json(f"{handle.control_url}/groups/{group}/slots"))["slots"]
@@ -623,7 +512,9 @@ async def test_down_after_the_daemon_died_stops_its_instances(sandboxes: Sandbox
 
     for pid in daemon:
         os.kill(pid, signal.SIGKILL)  # a crash: it stops nothing on its way out
-    await poll(lambda: not still_running(daemon), within_s=30, what="the daemon to die")
+    await eventually(
+        lambda: not still_running(daemon), "the daemon to die", within=30, interval=0.25
+    )
     assert sorted(still_running(instances)) == sorted(instances)  # orphans now
     with pytest.raises(manage.SandboxError, match="no sandbox is up"):
         manage.status(handle.dir)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -26,17 +25,11 @@ from upgrade_bot.sandbox.frontdoor import (
 )
 from upgrade_bot.sandbox.traffic import TrafficGenerator, classify_response
 
+from ..support import eventually
+
 pytestmark = pytest.mark.timeout(30)
 
 HEALTH_S = 0.05
-
-
-async def wait_until(cond: Callable[[], bool], within_s: float = 5.0, what: str = "") -> None:
-    deadline = time.monotonic() + within_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or cond}")
-        await asyncio.sleep(0.01)
 
 
 class FakeMember:
@@ -153,7 +146,7 @@ async def make_front_door() -> AsyncIterator[MakeFrontDoor]:
         await fd.start()
         created.append(fd)
         n = len([m for m in fleet if m.ready]) if wait_healthy is None else wait_healthy
-        await wait_until(lambda: len(fd.healthy_members()) == n, what=f"{n} healthy members")
+        await eventually(lambda: len(fd.healthy_members()) == n, f"{n} healthy members", within=5)
         return fd
 
     yield make
@@ -247,7 +240,7 @@ async def test_unready_and_new_members_get_no_traffic_until_ready(
 
     # Once ready (first 200), they join the rotation.
     c.ready = d.ready = True
-    await wait_until(lambda: len(fd.healthy_members()) == 4, what="4 healthy")
+    await eventually(lambda: len(fd.healthy_members()) == 4, "4 healthy", within=5)
     await send(40)
     assert c.hits == 10 and d.hits == 10
 
@@ -458,9 +451,11 @@ async def test_open_loop_rate_holds_while_a_member_is_slow_and_stop_counts_all(
     in_flight_before_stop = gen.in_flight
     await gen.stop()
 
+    # Counted against the schedule (100/s for 3 s), not timed: an open loop never launches
+    # ahead of it, and even on a loaded machine launches at least half of it, where one that
+    # waited for the slow answers (1.5 s, every other request) would launch a handful.
     elapsed = gen.elapsed_s()
-    offered = gen.launched / elapsed
-    assert 85 <= offered <= 115, (gen.launched, elapsed)
+    assert 0.5 * 100 * 3.0 <= gen.launched <= 100 * elapsed + 2, (gen.launched, elapsed)
     # Slow answers (1.5 s) were still outstanding: the schedule did not wait for them.
     assert in_flight_before_stop >= 30
     # stop() waited for and counted every launched request.

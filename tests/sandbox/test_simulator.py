@@ -8,10 +8,9 @@ import json
 import os
 import signal
 import socket
-import statistics
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from upgrade_bot.sandbox.simulator import Faults, parse_args
+
+from ..support import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -63,24 +64,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env.update(extra)
     return env
-
-
-async def poll(
-    check: Callable[[], Awaitable[Any]],
-    *,
-    within: float = 10.0,
-    interval: float = 0.02,
-    what: str = "condition",
-) -> Any:
-    """Await `check()` until it returns something truthy, or fail after `within` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 @contextlib.asynccontextmanager
@@ -362,7 +345,7 @@ async def test_not_ready_answers_404_then_becomes_ready(tmp_path: Path) -> None:
             stats = await sim.stats(client)
             assert stats["ready"] is False and stats["served_before_ready"] == 5
 
-            await poll(lambda: sim.is_ready(client), what="/status/ready 200")
+            await eventually(lambda: sim.is_ready(client), what="/status/ready 200")
             became_ready = time.monotonic() - spawned
             ready = await client.get(sim.url("status", "/status/ready"))
             assert ready.json() == {"status": "ok"}
@@ -397,7 +380,7 @@ async def test_never_ready_stays_503(tmp_path: Path) -> None:
         run_sim(tmp_path, instance_id="twin") as twin,
     ):
         async with httpx.AsyncClient() as client:
-            await poll(lambda: twin.is_ready(client), what="twin ready")
+            await eventually(lambda: twin.is_ready(client), what="twin ready")
             resp = await client.get(stuck.url("status", "/status/ready"))
             assert resp.status_code == 503
             assert resp.json()["status"] == "error"
@@ -535,7 +518,7 @@ async def test_error_ratio_is_observed(tmp_path: Path) -> None:
 
 
 async def test_added_latency_raises_the_median(tmp_path: Path) -> None:
-    async def medians(sim: Sim, n: int = 15) -> float:
+    async def latencies(sim: Sim, n: int = 15) -> list[float]:
         took: list[float] = []
         async with httpx.AsyncClient() as client:
             await client.get(sim.url("proxy", "/warm"))  # connection set up outside the timing
@@ -543,7 +526,7 @@ async def test_added_latency_raises_the_median(tmp_path: Path) -> None:
                 started = time.perf_counter()
                 assert (await client.get(sim.url("proxy", "/t"))).status_code == 200
                 took.append((time.perf_counter() - started) * 1000)
-        return statistics.median(took)
+        return took
 
     async with (
         run_sim(tmp_path, instance_id="base", latency_ms=5) as base,
@@ -553,9 +536,13 @@ async def test_added_latency_raises_the_median(tmp_path: Path) -> None:
     ):
         await base.wait_event("ready")
         await slow.wait_event("ready")
-        base_ms, slow_ms = await asyncio.gather(medians(base), medians(slow))
-    # tolerance: the 5 ms base jitters by +-2.5 ms on each side, plus scheduling noise
-    assert 100 - 20 <= slow_ms - base_ms <= 100 + 50, (base_ms, slow_ms)
+        base_ms, slow_ms = await asyncio.gather(latencies(base), latencies(slow))
+    # Counted against the injected 100 ms, not timed to a tolerance a loaded machine can miss:
+    # it is a floor under every slow answer (load only adds), the base (5 ms x jitter 0.5-1.5)
+    # mostly answers under it, and the slow one mostly under twice it (it adds 100 ms, no more).
+    assert all(ms >= 100 for ms in slow_ms), sorted(slow_ms)
+    assert sum(ms < 100 for ms in base_ms) > len(base_ms) / 2, sorted(base_ms)
+    assert sum(ms < 200 for ms in slow_ms) > len(slow_ms) / 2, sorted(slow_ms)
 
 
 # --- signals ---------------------------------------------------------------------------------
@@ -572,11 +559,11 @@ async def test_sigquit_refuses_new_connections_and_finishes_in_flight(tmp_path: 
             # leaves an idle keep-alive connection that SIGQUIT must close, not wait out
             assert (await idle.get(sim.url("proxy", "/warm"))).status_code == 200
             async with background(client.get(sim.url("proxy", "/slow"))) as in_flight:
-                await poll(lambda: _in_flight_is(sim, observer, 1), what="in_flight == 1")
+                await eventually(lambda: _in_flight_is(sim, observer, 1), what="in_flight == 1")
 
                 sim.proc.send_signal(signal.SIGQUIT)
                 proxy_port = sim.info["proxy_port"]
-                await poll(
+                await eventually(
                     lambda: connect_refused(proxy_port),
                     within=5,
                     interval=0.005,
@@ -604,7 +591,7 @@ async def test_sigquit_cuts_requests_that_outlive_shutdown_timeout(tmp_path: Pat
         await sim.wait_event("ready")
         async with httpx.AsyncClient() as client, httpx.AsyncClient() as observer:
             async with background(client.get(sim.url("proxy", "/slow"))) as in_flight:
-                await poll(lambda: _in_flight_is(sim, observer, 1), what="in_flight == 1")
+                await eventually(lambda: _in_flight_is(sim, observer, 1), what="in_flight == 1")
                 sim.proc.send_signal(signal.SIGQUIT)
                 with pytest.raises(httpx.TransportError):
                     await in_flight
@@ -616,7 +603,7 @@ async def test_sigterm_cuts_in_flight_requests(tmp_path: Path) -> None:
         await sim.wait_event("ready")
         async with httpx.AsyncClient() as client, httpx.AsyncClient() as observer:
             async with background(client.get(sim.url("proxy", "/slow"))) as in_flight:
-                await poll(lambda: _in_flight_is(sim, observer, 1), what="in_flight == 1")
+                await eventually(lambda: _in_flight_is(sim, observer, 1), what="in_flight == 1")
                 sim.proc.send_signal(signal.SIGTERM)
                 with pytest.raises(httpx.TransportError):
                     await in_flight
@@ -660,7 +647,7 @@ async def test_heartbeats_reach_the_control_plane_and_none_under_no_cp(tmp_path:
             async def revision_echoed() -> bool:
                 return any(hb["config_revision"] == 7 for hb in received)
 
-            await poll(revision_echoed, what="a heartbeat echoing config_revision 7")
+            await eventually(revision_echoed, what="a heartbeat echoing config_revision 7")
             async with httpx.AsyncClient() as client:
                 on_stats = await on.stats(client)
                 off_stats = await off.stats(client)

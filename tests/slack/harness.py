@@ -8,25 +8,21 @@ ephemeral answers addressed to them.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import copy
 import json
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from upgrade_bot.engine.runner import SystemClock
 from upgrade_bot.sandbox import manage
-from upgrade_bot.sandbox.spec import SandboxSpec, group_names
 from upgrade_bot.serve import serving
 from upgrade_bot.slackstub import SignedSender, SlackStub, buttons
 
 from ..conftest import free_port
+from ..support import Sandboxes, eventually, fleet_spec, merge, open_sandboxes
 
 CHANNEL = "C0UPGRADES"
 ALICE, BOB, CAROL = "U0ALICE001", "U0BOB00002", "U0CAROL003"  # bob and carol are on call
@@ -51,15 +47,13 @@ DEFAULTS: dict[str, Any] = {
 _TRANSCRIPTS: list[Callable[[], list[str]]] = [lambda: []]
 
 
+def _transcript_tail() -> str:
+    return "\n".join(_TRANSCRIPTS[-1]()[-40:])
+
+
 async def poll(predicate: Callable[[], Any], what: str, within: float = 120) -> Any:
-    """Wait until ``predicate()`` is truthy (polled, with a deadline); fail with the transcript."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}\n" + "\n".join(_TRANSCRIPTS[-1]()[-40:]))
+    """``eventually()``, failing with the end of the stand-in's transcript."""
+    return await eventually(predicate, what, within=within, explain=_transcript_tail)
 
 
 class ShiftedClock(SystemClock):
@@ -148,18 +142,8 @@ def bot_env(stub: SlackStub, handle: manage.SandboxHandle) -> dict[str, str]:
     return {**stub.environ(), "REDIS_URL": handle.redis_url, "UPGRADE_BOT_IDENTITY": "e2e-bot"}
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def sandbox(
-    tmp_path: Path,
+    boxes: Sandboxes,
     *,
     groups: int = 2,
     instances: int = 2,
@@ -169,17 +153,8 @@ def sandbox(
     faults: dict[str, Any] | None = None,
 ) -> manage.SandboxHandle:
     """A sandbox fleet whose config.yaml has a Slack section for the stand-in."""
-    spec = SandboxSpec(
-        groups=group_names(groups),
-        instances=instances,
-        version="3.8.0",
-        cp_version="3.8.1",
-        rate_per_s=60.0,
-        latency_ms=20.0,
-        ready_delay_s=0.3,
-        faults=faults or {},
-    )
-    handle = manage.up(tmp_path / "fleet", spec, sandbox_defaults=_merge(DEFAULTS, defaults or {}))
+    spec = fleet_spec(groups, instances, faults=faults or {})
+    handle = boxes.up_blocking(spec, defaults=merge(DEFAULTS, defaults or {}))
     data = yaml.safe_load(handle.config_path.read_text())
     for group in data["groups"]:
         group["production"] = production
@@ -218,31 +193,31 @@ async def running_bot(
     tmp_path: Path, *, http: bool = False, **sandbox_options: Any
 ) -> AsyncIterator[Harness]:
     """Sandbox + stand-in + one bot life around the block; everything torn down after."""
-    handle = sandbox(tmp_path, **sandbox_options)
-    stub = SlackStub()
-    try:
-        await stub.start()
-        _TRANSCRIPTS.append(stub.transcript)
-        harness = Harness(stub, handle)
-        async with bot_process(harness, http=http):
-            yield harness
-    finally:
-        await stub.stop()
-        manage.down(handle.dir)
+    with open_sandboxes(tmp_path) as boxes:
+        handle = sandbox(boxes, **sandbox_options)
+        stub = SlackStub()
+        try:
+            await stub.start()
+            _TRANSCRIPTS.append(stub.transcript)
+            harness = Harness(stub, handle)
+            async with bot_process(harness, http=http):
+                yield harness
+        finally:
+            await stub.stop()
 
 
 @contextlib.asynccontextmanager
 async def stand_in(tmp_path: Path, **sandbox_options: Any) -> AsyncIterator[Harness]:
     """Sandbox + stand-in without a bot: the test starts bot lives itself (restarts, kills)."""
-    handle = sandbox(tmp_path, **sandbox_options)
-    stub = SlackStub()
-    try:
-        await stub.start()
-        _TRANSCRIPTS.append(stub.transcript)
-        yield Harness(stub, handle)
-    finally:
-        await stub.stop()
-        manage.down(handle.dir)
+    with open_sandboxes(tmp_path) as boxes:
+        handle = sandbox(boxes, **sandbox_options)
+        stub = SlackStub()
+        try:
+            await stub.start()
+            _TRANSCRIPTS.append(stub.transcript)
+            yield Harness(stub, handle)
+        finally:
+            await stub.stop()
 
 
 async def start_and_acknowledge(bot: Harness, text: str = "start 3.8.1") -> str:

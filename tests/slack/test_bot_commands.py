@@ -258,7 +258,7 @@ async def audited(bot: Harness, run_id: str, action: str, user: str) -> bool:
     async with engine_for(
         config, config_dir=bot.handle.config_path.parent, redis_url=bot.handle.redis_url
     ) as engine:
-        events = [event for _, event in await engine.events(run_id)]
+        events = [event for _, event in await engine.feed.events(run_id)]
     return any(
         e.get("type") == "refused" and e.get("action") == action and e.get("user") == user
         for e in events

@@ -341,23 +341,24 @@ async def test_a_message_posted_just_before_the_bot_died_is_not_posted_again(
                 "3.8.1", requester=ALICE, acknowledge_changelog=True, channel=CHANNEL
             )
             assert (await engine.drive(run.id)).reason == "waiting"  # at the gate
-            events = await engine.events(run.id)
+            events = await engine.feed.events(run.id)
             opened = next(i for i, e in events if e["type"] == "gate_opened")
 
             # A first bot life posts everything up to the gate, then dies right after posting the
             # gate message, before its cursor records that.
-            real_advance = engine.advance_cursor
+            real_advance = engine.feed.advance_cursor
 
             async def advance_then_die(consumer: str, run_id: str, event_id: str) -> None:
                 if event_id == opened:
                     raise Died(event_id)
                 await real_advance(consumer, run_id, event_id)
 
-            engine.advance_cursor = advance_then_die  # type: ignore[method-assign]
+            engine.feed.advance_cursor = advance_then_die  # type: ignore[method-assign]
             with pytest.raises(Died):
                 await first_life(engine, bot, config).deliver(run.id)
-            engine.advance_cursor = real_advance  # type: ignore[method-assign]
-            undelivered = await engine.events(run.id, after=await engine.cursor(CONSUMER, run.id))
+            engine.feed.advance_cursor = real_advance  # type: ignore[method-assign]
+            cursor = await engine.feed.cursor(CONSUMER, run.id)
+            undelivered = await engine.feed.events(run.id, after=cursor)
             assert undelivered[0][0] == opened
             assert len(gate_messages(bot)) == 1
             posted = len(stub.calls_of("chat.postMessage"))

@@ -90,3 +90,11 @@ def test_the_manifest_declares_the_command_interactivity_and_socket_mode() -> No
     assert MANIFEST["settings"]["interactivity"]["is_enabled"] is True
     assert MANIFEST["settings"]["socket_mode_enabled"] is True
     assert decorated("action"), "buttons are used, so interactivity must stay enabled"
+
+
+def test_the_manifest_usage_hint_names_every_subcommand_the_bot_parses() -> None:
+    from upgrade_bot.bot.commands import COMMANDS, usage_hint
+
+    (command,) = MANIFEST["features"]["slash_commands"]
+    assert command["usage_hint"] == usage_hint()
+    assert command["usage_hint"].split(" | ") == list(COMMANDS)

@@ -23,6 +23,7 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
+from upgrade_bot import transcript
 from upgrade_bot.bot import messages, render
 from upgrade_bot.bot.render import Message
 from upgrade_bot.engine import (
@@ -41,6 +42,7 @@ from upgrade_bot.engine import (
     SlotRun,
 )
 from upgrade_bot.engine.decide import Failure, decide
+from upgrade_bot.engine.events import undeclared_fields
 from upgrade_bot.engine.model import Approval, Pending, Rollback
 
 from ..engine.runs import NEW, OLD, REQUESTER, T0, Fleet, Sim, Traffic, image, make_config
@@ -245,6 +247,25 @@ def test_every_message_of_every_run_state_is_valid_block_kit(name: str) -> None:
     assert messages_
 
 
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_every_event_of_every_scenario_has_the_fields_its_kind_declares(name: str) -> None:
+    for event in SCENARIOS[name].events:
+        assert undeclared_fields(event) == set(), event
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_every_event_of_every_scenario_renders_in_the_cli_transcript(name: str) -> None:
+    lines = [transcript.render_event(e) for e in SCENARIOS[name].events]
+    assert any(lines)
+    assert all(line is None or line.strip() for line in lines)
+
+
+def test_the_field_check_catches_an_undeclared_or_missing_field() -> None:
+    paused = SCENARIOS["paused"].of("paused")[-1]
+    assert undeclared_fields({**paused, "colour": "red"}) == {"colour"}
+    assert undeclared_fields({k: v for k, v in paused.items() if k != "by"}) == {"missing:by"}
+
+
 def test_the_run_message_leads_with_the_key_fact_then_a_line_per_group() -> None:
     sim = SCENARIOS["gate-production"]
 
@@ -303,8 +324,8 @@ def test_the_metrics_summary_puts_the_verdict_first_then_before_and_after() -> N
     lines = message.blocks[0].to_dict()["text"]["text"].splitlines()
     assert lines[0] == ":white_check_mark: PASS — staging after the upgrade"
     assert lines[1:] == messages.metric_lines(event["before"], event["after"])
-    assert lines[1] == "5xx 0.00% → 0.00%"
-    assert lines[2] == "p99 25 ms → 25 ms"
+    assert lines[1] == "5xx 0.0% → 0.0%"
+    assert lines[2] == "p99 24.9 ms → 24.9 ms"
     assert lines[3].startswith("Requests 900 → 1,800")
     reasons = message.blocks[1].to_dict()["elements"][0]["text"]
     assert "5xx ratio 0.0% after vs 0.0% before" in reasons
@@ -322,7 +343,7 @@ def test_a_failing_verdict_recommends_rolling_back() -> None:
     gate = check(render.gate_message(sim.run, sim.of("gate_opened")[0], approvers=APPROVERS))
 
     assert summary.text.startswith(":x: FAIL")
-    assert "5xx 0.00% → 20.00%" in all_text(summary)
+    assert "5xx 0.0% → 20.0%" in all_text(summary)
     assert "Recommended: *roll back*" in all_text(gate)
     # Green means go: Approve is not the highlighted button when the advice is to roll back.
     assert button(gate, "gate_approve").style is None
@@ -909,7 +930,7 @@ def test_long_changelogs_plans_and_check_ins_are_cut_with_a_hint() -> None:
     }
     troubled = check(render.event_message(checkin))
     assert troubled.text.startswith(":warning: Check-in: not everything looks right")
-    assert f"*{LONG}-00* 49/50 ready · 3.8.0, 3.8.1 · 5xx 1.20%" in all_text(troubled)
+    assert f"*{LONG}-00* 49/50 ready · 3.8.0, 3.8.1 · 5xx 1.2%" in all_text(troubled)
 
 
 def test_a_small_plan_reads_top_down_and_says_how_to_start() -> None:

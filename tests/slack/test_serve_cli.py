@@ -20,6 +20,9 @@ from upgrade_bot.slackstub import SlackStub
 
 from ..conftest import free_port
 
+# Each test starts real `serve` processes: out of the fast lane.
+pytestmark = pytest.mark.traffic
+
 CONFIG = {
     "groups": [
         {

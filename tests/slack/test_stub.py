@@ -11,7 +11,7 @@ import struct
 import sys
 import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import aiohttp
@@ -25,22 +25,12 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from upgrade_bot.slackstub import AckTimeout, SignedSender, SlackStub
 
+from ..support import eventually
+
 CHANNEL = "C0UPGRADES"
 OTHER = "C0OTHER001"
 ALICE, BOB = "U0ALICE001", "U0BOB00002"
 DEADLINE_S = 10.0
-
-
-async def eventually(check: Callable[[], Any], within: float = DEADLINE_S) -> Any:
-    """Poll ``check`` until it returns something truthy, or fail at the deadline."""
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(0.02)
 
 
 async def within(awaitable: Awaitable[Any], seconds: float = DEADLINE_S) -> Any:
