@@ -26,9 +26,11 @@ test: $(STAMP)
 # The fast lane, under 2 minutes: lint, then every test not marked `traffic` (the import
 # contracts in tests/test_architecture.py, all pure engine and Slack-rendering tests among them).
 # `traffic` tests drive sustained traffic or whole runs through sandboxes and real bot processes.
+# These tests share no engine, so they run on two workers (pytest-xdist); `make test` keeps one,
+# since traffic tests must run one at a time.
 check: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -m "not traffic"
+	$(BIN)/python -m pytest -m "not traffic" -n 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

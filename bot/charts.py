@@ -11,8 +11,6 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from matplotlib.figure import Figure
-
 from upgrade_bot.engine import GroupRun, Run
 
 COLORS = {"pass": "#2e7d32", "fail": "#c62828", "inconclusive": "#ef6c00"}
@@ -49,6 +47,10 @@ def group_chart(run: Run, group: str) -> bytes | None:
     replaced = [t - origin for t in g.replaced_at]
     phase = str(g.verdict.get("phase", ""))
     limits = g.verdict.get("limits") or {}
+
+    # matplotlib takes ~2 s to import: load it when a chart is drawn, not with every CLI
+    # command that happens to import the bot.
+    from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.4, 4.4), dpi=100)
     errors, latency = fig.subplots(2, 1, sharex=True)
