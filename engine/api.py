@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .config import Config
-from .decide import OVERRIDES, Command, Decision, allowed, initial_run
+from .decide import OVERRIDES, Command, Decision, allowed, initial_run, plan_groups
 from .errors import Duplicate, Refused, UnknownRun
 from .feed import EventFeed
-from .model import GroupRun, Run
+from .model import Run
 from .runner import Clock, DriveResult, LeaseBusy, Performer, Runner, SystemClock, no_checkpoint
 from .schema import Unresumable, load_run, plan_hash
 from .store import Record, Store
@@ -92,25 +92,11 @@ class Engine:
             raise Refused("a group is named twice")
         return list(names)
 
-    def _group_runs(self, target: str, names: Sequence[str]) -> tuple[GroupRun, ...]:
-        out = []
-        for name in names:
-            g = self.config.group(name)
-            out.append(
-                GroupRun(
-                    name=name,
-                    target_image=g.image.for_version(target),
-                    production=g.production,
-                    batch_size=self.config.rollout_for(name).batch_size,
-                )
-            )
-        return tuple(out)
-
     async def plan(self, target: str, groups: Sequence[str] | None = None) -> Plan:
         """What a run to ``target`` would do, and what would stop it, without doing anything."""
         _check_version(target)
         names = self.resolve_groups(groups)
-        group_runs = self._group_runs(target, names)
+        group_runs = plan_groups(self.config, target, list(names))
         inventory = await self.performer.inventory(names)
         warnings = list(inventory.get("warnings", []))
         blockers: list[str] = []
@@ -206,7 +192,7 @@ class Engine:
         if request_id is not None and not await self.store.first_time(f"start:{request_id}"):
             raise Duplicate(f"start request {request_id} was already handled")
         now = self.clock.now()
-        group_runs = self._group_runs(target, names)
+        group_runs = plan_groups(self.config, target, list(names))
         run, events = initial_run(
             run_id=self.new_id(target),
             target_version=target,

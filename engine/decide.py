@@ -217,6 +217,21 @@ def _observe_step(acc: Acc, config: Config) -> None:
     acc.wake(min(run.next_checkin_at, run.observe_until))
 
 
+def plan_groups(
+    config: Config, target: str, names: list[str] | tuple[str, ...]
+) -> tuple[GroupRun, ...]:
+    """The groups a run to ``target`` will upgrade, in order, each with its image and batch."""
+    return tuple(
+        GroupRun(
+            name=name,
+            target_image=config.group(name).image.for_version(target),
+            production=config.group(name).production,
+            batch_size=config.rollout_for(name).batch_size,
+        )
+        for name in names
+    )
+
+
 def initial_run(
     *,
     run_id: str,

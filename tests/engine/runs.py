@@ -33,9 +33,10 @@ from upgrade_bot.engine.decide import (
     Tick,
     decide,
     initial_run,
+    plan_groups,
 )
 from upgrade_bot.engine.metrics import InstanceSample, Snapshot, summary_since
-from upgrade_bot.engine.model import PAUSED, WAITING, GroupRun, Pending, Run
+from upgrade_bot.engine.model import PAUSED, WAITING, Pending, Run
 from upgrade_bot.engine.runner import Runner
 from upgrade_bot.engine.schema import load_run, plan_hash
 
@@ -272,15 +273,7 @@ def start_run(
     run_id: str = "run-1",
 ) -> tuple[Run, list[dict[str, Any]]]:
     names = groups or [g.name for g in config.groups]
-    group_runs = tuple(
-        GroupRun(
-            name=n,
-            target_image=config.group(n).image.for_version(target),
-            production=config.group(n).production,
-            batch_size=config.rollout_for(n).batch_size,
-        )
-        for n in names
-    )
+    group_runs = plan_groups(config, target, names)
     return initial_run(
         run_id=run_id,
         target_version=target,
