@@ -10,7 +10,6 @@ the test moves (waiting for ``wake_at`` just sets it). ``Sim.tick``/``cmd``/``ap
 from __future__ import annotations
 
 import asyncio
-import copy
 import dataclasses
 import json
 import math
@@ -40,6 +39,8 @@ from upgrade_bot.engine.model import PAUSED, WAITING, Pending, Run
 from upgrade_bot.engine.runner import Runner
 from upgrade_bot.engine.schema import load_run, plan_hash
 
+from ..support import merge
+
 REPO = "api7/api7-ee-3-gateway"
 OLD, NEW = "3.8.0", "3.8.1"
 T0 = 1_000_000.0
@@ -53,16 +54,6 @@ def image(version: str) -> str:
 
 
 # --- configuration ------------------------------------------------------------------------------
-
-
-def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 APPROVAL = {
@@ -104,7 +95,7 @@ def config_data() -> dict[str, Any]:
 
 def make_config(changes: dict[str, Any] | None = None) -> Config:
     """The YAML a user would write: ``config_data()`` with ``changes`` merged in."""
-    return parse_config(yaml.safe_dump(_merge(config_data(), changes or {})))
+    return parse_config(yaml.safe_dump(merge(config_data(), changes or {})))
 
 
 BACKUP_HOOK = {"backup": {"type": "command", "command": ["backup.sh"], "artifact": "/b/{run_id}"}}

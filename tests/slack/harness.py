@@ -193,17 +193,8 @@ async def running_bot(
     tmp_path: Path, *, http: bool = False, **sandbox_options: Any
 ) -> AsyncIterator[Harness]:
     """Sandbox + stand-in + one bot life around the block; everything torn down after."""
-    with open_sandboxes(tmp_path) as boxes:
-        handle = sandbox(boxes, **sandbox_options)
-        stub = SlackStub()
-        try:
-            await stub.start()
-            _TRANSCRIPTS.append(stub.transcript)
-            harness = Harness(stub, handle)
-            async with bot_process(harness, http=http):
-                yield harness
-        finally:
-            await stub.stop()
+    async with stand_in(tmp_path, **sandbox_options) as harness, bot_process(harness, http=http):
+        yield harness
 
 
 @contextlib.asynccontextmanager
