@@ -98,6 +98,12 @@ class Rollout(Model):
     """How long to measure before the group's first replacement."""
     settle_s: float = Field(30, ge=0)
     """How long to measure after the group's last replacement before the verdict."""
+    watch: bool = True
+    """Judge the metrics since the first replacement after each batch, before the next one: a
+    clear ``fail`` (on at least the thresholds' ``min_requests``) halts the group there."""
+    on_watch_fail: Literal["pause", "rollback"] = "pause"
+    """What a failed watch does: pause the run (the on-call engineer resumes or rolls back) or
+    roll back at once."""
 
 
 class StatusReadiness(Model):
