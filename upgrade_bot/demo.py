@@ -106,8 +106,9 @@ class ScriptedPeople:
                 await self._act_on(message)
             if payload.get("state") == "paused" and not rolled_back_by_command:
                 rolled_back_by_command = True
+                # No reason of their own: the run records why it paused (the rule and numbers).
                 await self.stub.users.run_command(
-                    APPROVER, self.channel, f'rollback {payload["run_id"]} "paused: rolling back"'
+                    APPROVER, self.channel, f"rollback {payload['run_id']}"
                 )
             await asyncio.sleep(self.poll_s)
         raise DemoError(f"the run did not end within {timeout_s:g}s")
