@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .metrics_config import PrometheusMetrics
 from .versions import is_version
 
 
@@ -265,9 +266,14 @@ class ScrapeMetrics(Model):
     type: Literal["scrape"] = "scrape"
 
 
-# A second source adds its model here (a union discriminated by ``type``) and its factory to
+    def min_window_s(self) -> float:
+        """Counters are read at the window's ends: any window length resolves."""
+        return 0.0
+
+
+# A source adds its model here (a union discriminated by ``type``) and its factory to
 # ``engine.adapters.sources.SOURCES``.
-MetricsSettings = ScrapeMetrics
+MetricsSettings = Annotated[ScrapeMetrics | PrometheusMetrics, Field(discriminator="type")]
 
 
 class Store(Model):
@@ -304,6 +310,20 @@ class Config(Model):
             seen.add(g.name)
         return self
 
+    @model_validator(mode="after")
+    def _windows_the_source_resolves(self) -> Config:
+        minimum = self.metrics.min_window_s()
+        for g in self.groups:
+            rollout = self.rollout_for(g.name)
+            for key in ("baseline_window_s", "settle_s"):
+                if getattr(rollout, key) < minimum:
+                    raise ValueError(
+                        f"group '{g.name}': rollout.{key} is {getattr(rollout, key):g}s, shorter "
+                        f"than the metrics source resolves: at least {minimum:g}s "
+                        f"({self.metrics.type}: {_why_minimum(self.metrics)})"
+                    )
+        return self
+
     def group(self, name: str) -> Group:
         for g in self.groups:
             if g.name == name:
@@ -326,6 +346,18 @@ class Config(Model):
         return self.group(group).rollout or self.defaults.rollout
 
 
+def _why_minimum(metrics: Any) -> str:
+    if isinstance(metrics, PrometheusMetrics):
+        return (
+            f"{metrics.WINDOW_INTERVALS} x scrape_interval_s {metrics.scrape_interval_s:g}s, "
+            "so that increase() sees at least two samples"
+        )
+    return "its minimum window"
+
+
+_TAGS = ("local", "docker", "kubernetes", "command", "http", "scrape", "prometheus")
+
+
 def _key_path(loc: tuple[Any, ...], data: Any) -> str:
     """``groups[0].backend.type`` → ``groups[0] (prod-eu).backend.type`` for readability."""
     parts: list[str] = []
@@ -345,7 +377,7 @@ def _key_path(loc: tuple[Any, ...], data: Any) -> str:
             if (
                 isinstance(node, dict)
                 and item not in node
-                and item in ("local", "docker", "kubernetes", "command", "http")
+                and item in _TAGS
             ):
                 continue
             parts.append(("." if parts else "") + str(item))
