@@ -173,7 +173,9 @@ class PrometheusServer:
                 self.proc.wait(timeout=10)
         self.proc = None
 
-    def write_targets(self, name: str, targets: list[dict[str, Any]], *, renamed: bool = False) -> None:
+    def write_targets(
+        self, name: str, targets: list[dict[str, Any]], *, renamed: bool = False
+    ) -> None:
         """Replace SD file ``name`` atomically (Prometheus never reads half a file)."""
         directory = self.renamed_sd_dir if renamed else self.sd_dir
         directory.mkdir(parents=True, exist_ok=True)
@@ -187,8 +189,10 @@ class PrometheusServer:
             (directory / f"{name}.json").unlink()
 
 
-def sandbox_targets(control_url: str, groups: list[str]) -> list[dict[str, Any]]:
-    """File-SD entries for every live instance of the sandbox's groups."""
+def sandbox_targets(
+    control_url: str, groups: list[str], labels: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """File-SD entries for every live instance of the sandbox's groups (``labels`` added)."""
     entries = []
     for group in groups:
         resp = httpx.get(f"{control_url}/groups/{group}/slots", timeout=10)
@@ -199,7 +203,10 @@ def sandbox_targets(control_url: str, groups: list[str]) -> list[dict[str, Any]]
                 if metrics:
                     host = metrics.split("://", 1)[-1].rstrip("/")
                     entries.append(
-                        {"targets": [host], "labels": {"group": group, "slot": slot["id"]}}
+                        {
+                            "targets": [host],
+                            "labels": {**(labels or {}), "group": group, "slot": slot["id"]},
+                        }
                     )
     return entries
 
@@ -215,16 +222,18 @@ class TargetSync:
         groups: list[str],
         *,
         renamed: bool = False,
+        labels: dict[str, str] | None = None,
         interval_s: float = 0.25,
     ) -> None:
         self.server, self.name, self.control_url, self.groups = server, name, control_url, groups
+        self.labels = labels
         self.renamed, self.interval_s = renamed, interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"sd-{name}", daemon=True)
         self.last: list[dict[str, Any]] | None = None
 
     def sync(self) -> list[dict[str, Any]]:
-        targets = sandbox_targets(self.control_url, self.groups)
+        targets = sandbox_targets(self.control_url, self.groups, self.labels)
         if targets != self.last:
             self.server.write_targets(self.name, targets, renamed=self.renamed)
             self.last = targets
