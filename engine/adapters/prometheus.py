@@ -301,8 +301,10 @@ class PrometheusSource:
             if _value(row) != 1.0
         )
         if down and len(down) == len(targets):
-            return [f"{group}: every Prometheus target matching {{{selector}}} is down: "
-                    + ", ".join(down)]
+            return [
+                f"{group}: every Prometheus target matching {{{selector}}} is down: "
+                + ", ".join(down)
+            ]
         problems = [f"{group}: Prometheus targets down: {', '.join(down)}"] if down else []
         exported = await self.query("exported", group, at)
         if not exported:

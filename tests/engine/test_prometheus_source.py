@@ -259,7 +259,5 @@ def test_prometheus_preflight_problems_refuse_the_run_before_anything_changes() 
     sim.script["list_slots"] = inventory
     sim.drive()
     assert sim.run.state == "failed"
-    assert sim.run.reason == (
-        f"no metric evidence, so no verdict could be trusted: {problem}"
-    )
+    assert sim.run.reason == (f"no metric evidence, so no verdict could be trusted: {problem}")
     assert sim.kinds() == ["list_slots"]  # nothing else was done
