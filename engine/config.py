@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 from .metrics_config import PrometheusMetrics
@@ -99,6 +108,12 @@ class Rollout(Model):
     """How long to measure before the group's first replacement."""
     settle_s: float = Field(30, ge=0)
     """How long to measure after the group's last replacement before the verdict."""
+    watch: bool = True
+    """Judge the metrics since the first replacement after each batch, before the next one: a
+    clear ``fail`` (on at least the thresholds' ``min_requests``) halts the group there."""
+    on_watch_fail: Literal["pause", "rollback"] = "pause"
+    """What a failed watch does: pause the run (the on-call engineer resumes or rolls back) or
+    roll back at once."""
 
 
 class StatusReadiness(Model):
@@ -264,16 +279,38 @@ class ScrapeMetrics(Model):
     """Evidence by scraping every instance's APISIX prometheus plugin (the default source)."""
 
     type: Literal["scrape"] = "scrape"
-
+    prefix: str = Field("apisix_", pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+    """The exporter's ``plugin_attr.prometheus.metric_prefix`` (apache/apisix
+    apisix/cli/config.lua: default ``apisix_``)."""
+    exporter_refresh_s: float = Field(15, ge=0)
+    """How often the exporter renews what it serves: from APISIX 3.14 it serves a cached
+    exposition refreshed every ``plugin_attr.prometheus.refresh_interval`` (15 s by default,
+    apache/apisix apisix/plugins/prometheus/exporter.lua) and answers 500 "no data available"
+    until its first refresh; 0 for gateways that render on every scrape. A window must last at
+    least twice this long, and a "no data available" is waited out for as long."""
 
     def min_window_s(self) -> float:
-        """Counters are read at the window's ends: any window length resolves."""
-        return 0.0
+        """The shortest window these metrics can resolve."""
+        return 2 * self.exporter_refresh_s
+
+    def describe_resolution(self) -> str:
+        every = f"{self.exporter_refresh_s:g} s"
+        return f"the exporter refreshes every {every} (metrics.exporter_refresh_s)"
 
 
 # A source adds its model here (a union discriminated by ``type``) and its factory to
 # ``engine.adapters.sources.SOURCES``.
-MetricsSettings = Annotated[ScrapeMetrics | PrometheusMetrics, Field(discriminator="type")]
+def _metrics_type(value: Any) -> str:
+    """The ``type`` of a ``metrics`` section; ``scrape`` when it is left out."""
+    if isinstance(value, dict):
+        return str(value.get("type", "scrape"))
+    return str(getattr(value, "type", "scrape"))
+
+
+MetricsSettings = Annotated[
+    Annotated[ScrapeMetrics, Tag("scrape")] | Annotated[PrometheusMetrics, Tag("prometheus")],
+    Discriminator(_metrics_type),
+]
 
 
 class Store(Model):
@@ -311,17 +348,23 @@ class Config(Model):
         return self
 
     @model_validator(mode="after")
-    def _windows_the_source_resolves(self) -> Config:
+    def _windows_the_metrics_can_resolve(self) -> Config:
+        """A window shorter than the metrics' resolution measures nothing: refuse it."""
         minimum = self.metrics.min_window_s()
+        problems = []
         for g in self.groups:
             rollout = self.rollout_for(g.name)
-            for key in ("baseline_window_s", "settle_s"):
-                if getattr(rollout, key) < minimum:
-                    raise ValueError(
-                        f"group '{g.name}': rollout.{key} is {getattr(rollout, key):g}s, shorter "
-                        f"than the metrics source resolves: at least {minimum:g}s "
-                        f"({self.metrics.type}: {_why_minimum(self.metrics)})"
+            where = "groups (" + g.name + ").rollout" if g.rollout else "defaults.rollout"
+            for name in ("baseline_window_s", "settle_s"):
+                value = getattr(rollout, name)
+                if value < minimum:
+                    problems.append(
+                        f"{where}.{name}: {value:g} s is shorter than the metrics can resolve: "
+                        f"{self.metrics.describe_resolution()}, so a window needs at least "
+                        f"{minimum:g} s"
                     )
+        if problems:
+            raise ValueError("; ".join(dict.fromkeys(problems)))
         return self
 
     def group(self, name: str) -> Group:
@@ -344,15 +387,6 @@ class Config(Model):
 
     def rollout_for(self, group: str) -> Rollout:
         return self.group(group).rollout or self.defaults.rollout
-
-
-def _why_minimum(metrics: Any) -> str:
-    if isinstance(metrics, PrometheusMetrics):
-        return (
-            f"{metrics.WINDOW_INTERVALS} x scrape_interval_s {metrics.scrape_interval_s:g}s, "
-            "so that increase() sees at least two samples"
-        )
-    return "its minimum window"
 
 
 _TAGS = ("local", "docker", "kubernetes", "command", "http", "scrape", "prometheus")

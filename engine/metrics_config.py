@@ -76,11 +76,14 @@ class PrometheusMetrics(Model):
     ``instance=~"10[.]0[.]1[.].*"`` select otherwise."""
     instance_label: str = Field("instance", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
     """The label telling instances apart (per-instance split and outliers)."""
-    metric_prefix: str = Field("apisix_", pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+    prefix: str = Field("apisix_", pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
     """APISIX's ``plugin_attr.prometheus.metric_prefix`` (default ``apisix_``)."""
     scrape_interval_s: float = Field(15.0, gt=0)
     """How often Prometheus scrapes the gateways: a window needs at least
     ``WINDOW_INTERVALS`` of them."""
+    exporter_refresh_s: float = Field(15.0, ge=0)
+    """The exporter's cache refresh (APISIX 3.14+ ``refresh_interval``, 0 before): a scrape
+    sees new counts only this often, so a window also needs twice this (as for scraping)."""
     queries: PrometheusQueries = Field(default_factory=PrometheusQueries)
 
     WINDOW_INTERVALS: ClassVar[int] = 4
@@ -95,7 +98,14 @@ class PrometheusMetrics(Model):
         return self
 
     def min_window_s(self) -> float:
-        return self.WINDOW_INTERVALS * self.scrape_interval_s
+        return max(self.WINDOW_INTERVALS * self.scrape_interval_s, 2 * self.exporter_refresh_s)
+
+    def describe_resolution(self) -> str:
+        return (
+            f"Prometheus scrapes every {self.scrape_interval_s:g} s (metrics.scrape_interval_s) "
+            f"and increase() needs two samples, so {self.WINDOW_INTERVALS} intervals; the "
+            f"exporter refreshes every {self.exporter_refresh_s:g} s (metrics.exporter_refresh_s)"
+        )
 
 
 __all__ = ["PROMQL_PLACEHOLDERS", "PrometheusMetrics", "PrometheusQueries"]

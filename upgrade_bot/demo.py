@@ -28,6 +28,7 @@ import yaml
 from .bot.settings import slack_settings
 from .engine import Run, ms, pct
 from .engine.config import load_config
+from .engine.metrics_config import PrometheusMetrics
 from .headless import EXIT_COMPLETED, EXIT_FAILED, EXIT_ROLLED_BACK
 from .prometheus_server import PrometheusError, PrometheusServer, TargetSync
 from .sandbox import manage
@@ -328,7 +329,15 @@ def prometheus_for(handle: manage.SandboxHandle, groups: list[str]) -> Iterator[
     try:
         sync.start()
         data = yaml.safe_load(handle.config_path.read_text())
-        data["metrics"] = {"type": "prometheus", "url": url, "scrape_interval_s": 1.0}
+        refresh = float((data.get("metrics") or {}).get("exporter_refresh_s", 0))
+        settings = PrometheusMetrics(
+            type="prometheus", url=url, scrape_interval_s=1.0, exporter_refresh_s=refresh
+        )
+        data["metrics"] = settings.model_dump(include={"type", "url", "scrape_interval_s"})
+        data["metrics"]["exporter_refresh_s"] = refresh
+        rollout = data.setdefault("defaults", {}).setdefault("rollout", {})
+        for key in ("baseline_window_s", "settle_s"):  # what Prometheus can resolve
+            rollout[key] = max(float(rollout.get(key, 0)), settings.min_window_s())
         handle.config_path.write_text(
             "# Written by `upgrade-bot demo --metrics prometheus`.\n"
             + yaml.safe_dump(data, sort_keys=False)

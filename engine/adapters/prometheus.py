@@ -133,7 +133,7 @@ class PrometheusSource:
         selector = string.Template(s.selector).safe_substitute(group=group)
         template = string.Template(getattr(s.queries, name))
         return template.safe_substitute(
-            prefix=s.metric_prefix,
+            prefix=s.prefix,
             selector=selector,
             instance=s.instance_label,
             group=group,
@@ -310,7 +310,7 @@ class PrometheusSource:
         if not exported:
             problems.append(
                 f"{group}: Prometheus query returns nothing for "
-                f"{s.metric_prefix}http_status{{{selector}}}: wrong prefix (metric_prefix), "
+                f"{s.prefix}http_status{{{selector}}}: wrong prefix (metrics.prefix), "
                 "the prometheus plugin not enabled on the routes, or the targets not scraped"
             )
         return problems

@@ -62,21 +62,27 @@ def vector(rows: list[tuple[dict[str, str], str]]) -> dict[str, Any]:
 
 def test_prometheus_window_shorter_than_the_resolution_is_a_config_error() -> None:
     text = GROUPS + (
-        "metrics: {type: prometheus, url: 'http://prom:9090', scrape_interval_s: 15}\n"
+        "metrics: {type: prometheus, url: 'http://prom:9090', scrape_interval_s: 15,"
+        " exporter_refresh_s: 0}\n"
         "defaults: {rollout: {baseline_window_s: 45, settle_s: 90}}\n"
     )
     with pytest.raises(ConfigError) as err:
         parse_config(text)
     assert (
-        "group 'eu': rollout.baseline_window_s is 45s, shorter than the metrics source "
-        "resolves: at least 60s (prometheus: 4 x scrape_interval_s 15s" in str(err.value)
-    )
-    # at the minimum it is accepted; the scrape source reads counters at the ends: no minimum
+        "defaults.rollout.baseline_window_s: 45 s is shorter than the metrics can resolve: "
+        "Prometheus scrapes every 15 s (metrics.scrape_interval_s) and increase() needs two "
+        "samples, so 4 intervals; the exporter refreshes every 0 s "
+        "(metrics.exporter_refresh_s), so a window needs at least 60 s"
+    ) in str(err.value)
+    # at the minimum it is accepted
     ok = parse_config(text.replace("baseline_window_s: 45", "baseline_window_s: 60"))
     assert ok.metrics.type == "prometheus"
     assert ok.metrics.min_window_s() == 60
-    scrape = parse_config(GROUPS + "defaults: {rollout: {baseline_window_s: 1, settle_s: 0}}\n")
-    assert scrape.metrics.type == "scrape"
+    # a cached exporter (APISIX 3.14+) refreshing every 40 s needs twice that
+    slow = PrometheusMetrics.model_validate(
+        {"type": "prometheus", "url": "http://p", "scrape_interval_s": 15, "exporter_refresh_s": 40}
+    )
+    assert slow.min_window_s() == 80
 
 
 def test_prometheus_config_names_bad_keys_placeholders_and_auth_pairs() -> None:
@@ -88,8 +94,8 @@ def test_prometheus_config_names_bad_keys_placeholders_and_auth_pairs() -> None:
         parse_config(base + "  auth_header: X-Scope-OrgID\n")
     assert "set both 'auth_header' and 'auth_header_env'" in str(err.value)
     with pytest.raises(ConfigError) as err:
-        parse_config(base + "  metric_prefix: 'bad prefix'\n")
-    assert "metrics.metric_prefix" in str(err.value)
+        parse_config(base + "  prefix: 'bad prefix'\n")
+    assert "metrics.prefix" in str(err.value)
     with pytest.raises(ConfigError) as err:
         parse_config(GROUPS + "metrics: {type: graphite}\n")
     assert "metrics: expected one of 'scrape', 'prometheus', got 'graphite'" in str(err.value)

@@ -271,7 +271,7 @@ async def test_prometheus_follows_a_replacement_and_agrees_on_its_404s(fleets: F
 
 
 async def test_prometheus_metric_prefix_override_reads_renamed_series(fleets: Fleets) -> None:
-    renamed = fleets.prometheus("errors-renamed", metric_prefix="gw_")
+    renamed = fleets.prometheus("errors-renamed", prefix="gw_")
     default = fleets.prometheus("errors")
     wrong = fleets.prometheus("errors-renamed")  # apisix_ where the series are gw_*
     try:
@@ -279,7 +279,7 @@ async def test_prometheus_metric_prefix_override_reads_renamed_series(fleets: Fl
         assert await wrong.preflight(GROUP) == [
             f"{GROUP}: Prometheus query returns nothing for "
             f'apisix_http_status{{group="{GROUP}",sandbox="errors-renamed"}}: wrong prefix '
-            "(metric_prefix), the prometheus plugin not enabled on the routes, or the targets "
+            "(metrics.prefix), the prometheus plugin not enabled on the routes, or the targets "
             "not scraped"
         ]
         end = time.time() - 2
