@@ -63,6 +63,10 @@ class Fleets:
                 "url": self.prom.url,
                 "scrape_interval_s": self.prom.scrape_interval_s,
                 "selector": f'group="$group",sandbox="{sandbox}"',
+                # as the sandbox's own config says (its 3.8 exporters render on every scrape)
+                "exporter_refresh_s": load_config(
+                    self.handles[sandbox.removesuffix("-renamed")].config_path
+                ).metrics.exporter_refresh_s,
                 **changes,
             }
         )
