@@ -267,3 +267,76 @@ def test_prometheus_preflight_problems_refuse_the_run_before_anything_changes() 
     assert sim.run.state == "failed"
     assert sim.run.reason == (f"no metric evidence, so no verdict could be trusted: {problem}")
     assert sim.kinds() == ["list_slots"]  # nothing else was done
+
+
+async def test_scrape_preflight_names_an_exporter_the_bot_cannot_reach() -> None:
+    """The scrape source's preflight: every instance's exporter answers (a refused connection
+    is the exporter bound to loopback, APISIX's default)."""
+    from upgrade_bot.engine.adapters.scrape import ScrapeSource
+    from upgrade_bot.engine.config import ScrapeMetrics
+
+    from .test_scrape import _slot, _Slots, mock_client
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "10.0.0.2":
+            raise httpx.ConnectError("refused")
+        return httpx.Response(200, text='apisix_http_status{code="200"} 5\n')
+
+    ok: Any = {"eu": _Slots([_slot("eu/0", "http://10.0.0.1:9091")])}
+    bad: Any = {
+        "eu": _Slots([_slot("eu/0", "http://10.0.0.1:9091"), _slot("eu/1", "http://10.0.0.2:9091")])
+    }
+    settings = ScrapeMetrics(exporter_refresh_s=0)
+    async with mock_client(handler) as client:
+        assert await ScrapeSource(ok, client, time.time, settings).preflight("eu") == []
+        problems = await ScrapeSource(bad, client, time.time, settings).preflight("eu")
+    assert len(problems) == 1
+    assert problems[0].startswith(
+        "eu: metrics of instance eu/1@http://10.0.0.2:9091 at 10.0.0.2:9091 unreachable"
+    )
+    assert "127.0.0.1:9091 unless plugin_attr.prometheus.export_addr" in problems[0]
+
+
+async def test_inventory_carries_the_sources_preflight_problems() -> None:
+    """The performer's inventory (run start and ``plan``) asks the source's preflight; a source
+    that cannot be read is a problem too, never an exception."""
+    from upgrade_bot.engine.adapters.performer import EffectPerformer
+
+    from .test_scrape import _slot
+
+    class Backend:
+        async def list_slots(self) -> list[Any]:
+            return [_slot("eu/0", "http://10.0.0.1:9091")]
+
+        async def preflight(self) -> list[str]:
+            return []
+
+        async def close(self) -> None:
+            pass
+
+    class Source:
+        def __init__(self, answer: list[str] | Exception) -> None:
+            self.answer = answer
+
+        async def preflight(self, group: str) -> list[str]:
+            if isinstance(self.answer, Exception):
+                raise self.answer
+            return self.answer
+
+        async def close(self) -> None:
+            pass
+
+    config = parse_config(GROUPS)
+    for source, expected in (
+        (Source([]), None),
+        (Source(["eu: nothing for apisix_http_status"]), ["eu: nothing for apisix_http_status"]),
+        (
+            Source(TemporaryError("Prometheus at p:9090 unreachable (ConnectError)")),
+            ["eu: metrics unavailable: Prometheus at p:9090 unreachable (ConnectError)"],
+        ),
+    ):
+        performer = EffectPerformer(config, {"eu": Backend()}, metrics=source)  # type: ignore[dict-item,arg-type]
+        result = await performer.inventory(["eu"])
+        await performer.close()
+        assert result.get("metrics_problems") == expected
+        assert [s["id"] for s in result["groups"]["eu"]] == ["eu/0"]
