@@ -179,10 +179,22 @@ def _on_measure(acc: Acc, p: Pending, result: dict[str, Any], config: Config) ->
         acc.set(phase=GroupPhase.BASELINE_END)
     elif run.phase == GroupPhase.BASELINE_END:
         before = Summary.from_dict(result["summary"]).to_dict()
-        acc.group(g.with_(before=before, window_until=None, watch_snapshot=result.get("mark")))
+        acc.group(
+            g.with_(
+                before=before,
+                window_until=None,
+                watch_snapshot=result.get("mark"),
+                points=(*g.points, _point("baseline", p.args.get("mark"), before)),
+            )
+        )
         acc.set(phase=GroupPhase.REPLACE)
     elif run.phase == GroupPhase.REPLACE and "watch" in p.args:
-        _on_watch(acc, g, Summary.from_dict(result["summary"]), int(p.args["watch"]), config)
+        summary = Summary.from_dict(result["summary"])
+        g = g.with_(
+            watch_snapshot=result.get("mark"),
+            points=(*g.points, _point("watch", p.args.get("mark"), summary.to_dict())),
+        )
+        _on_watch(acc, g, summary, int(p.args["watch"]), config)
     elif run.phase == GroupPhase.SETTLE_START:
         acc.group(
             g.with_(
@@ -198,7 +210,16 @@ def _on_measure(acc: Acc, p: Pending, result: dict[str, Any], config: Config) ->
             verdict = inconclusive("no baseline metrics to compare with")
         else:
             verdict = judge(Summary.from_dict(g.before), after, config.thresholds_for(g.name))
-        acc.group(g.with_(after=after.to_dict(), verdict=verdict.to_dict(), window_until=None))
+        points = (*g.points, _point("settle", p.args.get("mark"), after.to_dict()))
+        points += tuple({"kind": "source", **point} for point in result.get("series") or ())
+        acc.group(
+            g.with_(
+                after=after.to_dict(),
+                verdict=verdict.to_dict(),
+                window_until=None,
+                points=points,
+            )
+        )
         acc.emit(
             EventKind.METRICS_SUMMARY,
             group=g.name,
@@ -207,6 +228,17 @@ def _on_measure(acc: Acc, p: Pending, result: dict[str, Any], config: Config) ->
             verdict=verdict.to_dict(),
         )
         acc.set(phase=GroupPhase.FREEZE_CHECK)
+
+
+def _point(kind: str, mark: dict[str, Any] | None, summary: dict[str, Any]) -> dict[str, Any]:
+    """A measured window as a point over time (its start is its mark's moment)."""
+    start = float((mark or {}).get("taken_at") or 0.0)
+    return {
+        "kind": kind,
+        "start": start,
+        "end": start + float(summary.get("duration_s") or 0.0),
+        "summary": summary,
+    }
 
 
 def _on_watch(acc: Acc, g: GroupRun, now: Summary, done: int, config: Config) -> None:

@@ -1246,7 +1246,7 @@ def test_metrics_that_cannot_be_read_after_the_change_make_the_verdict_inconclus
     assert verdict == {
         "phase": "inconclusive",
         "reasons": ["metrics unavailable: no instance exposes metrics"],
-        "limits": {"ratio_5xx": None, "p99_ms": None},
+        "limits": {"ratio_5xx": None, "p99_ms": None, "ratio_404": None},
     }
     assert sim.of("gate_opened")[0]["recommend"] == "approve"
 
@@ -1264,12 +1264,12 @@ def test_metrics_that_cannot_be_read_before_the_change_make_the_verdict_inconclu
     assert sim.of("metrics_summary")[0]["verdict"] == {
         "phase": "inconclusive",
         "reasons": ["metrics unavailable: no instance exposes metrics"],
-        "limits": {"ratio_5xx": None, "p99_ms": None},
+        "limits": {"ratio_5xx": None, "p99_ms": None, "ratio_404": None},
     }
     assert sim.run.group("staging").verdict == {
         "phase": "inconclusive",
         "reasons": ["no baseline metrics to compare with"],
-        "limits": {"ratio_5xx": None, "p99_ms": None},
+        "limits": {"ratio_5xx": None, "p99_ms": None, "ratio_404": None},
     }
     assert sim.run.gate is not None and sim.run.gate.verdict == "inconclusive"
     assert [sim.slot(s).replacements for s in STAGING] == [1, 1, 1]
