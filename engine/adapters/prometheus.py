@@ -264,11 +264,10 @@ class PrometheusSource:
                 for q in QUANTILES.values()
             ),
         )
-        label = self.settings.instance_label
+        # a point is the group's: no per-instance split (it would multiply a record's size)
         times: dict[float, dict[tuple[str, str], float]] = {}
         for row in requests:
-            metric = row.get("metric", {})
-            key = (metric.get(label, ""), metric.get("code", ""))
+            key = ("", row.get("metric", {}).get("code", ""))
             for t, v in row.get("values", []):
                 by_key = times.setdefault(float(t), {})
                 by_key[key] = by_key.get(key, 0.0) + _number(v)

@@ -322,6 +322,7 @@ async def test_prometheus_series_returns_points_over_a_window(fleets: Fleets) ->
         for p in points:
             assert 200 < p.summary.requests < 800, p  # ~100 requests/s over 4 s
             assert p.summary.p99_ms is not None and 0.05 < p.summary.ratio_5xx < 0.2
+            assert p.summary.instances == ()  # points are the group's
         # the scrape source keeps no history: only Prometheus can draw
         scrape, http = fleets.scrape("errors")
         assert await scrape.series(GROUP, start, end) == []
