@@ -312,8 +312,12 @@ def test_prometheus_demo_judges_from_a_real_prometheus(
         for i in instances(report):
             assert (i["version_before"], i["version_after"]) == (OLD, NEW), i
     else:
+        # stopped in the first group (by the watch while replacing, or at its gate), named by
+        # the 5xx rule on Prometheus's numbers; the second group never touched
         assert report["state"] == "rolled_back", report["reason"]
-        assert verdicts == ["fail", None], report["groups"]
         assert "5xx ratio" in report["reason"], report["reason"]
-        first = report["groups"][0]
-        assert first["error_ratio_after"] > 0.1 > first["error_ratio_before"], first
+        assert verdicts[0] in ("fail", None) and verdicts[1] is None, report["groups"]
+        for i in report["groups"][1]["instances"]:
+            assert (i["replacements"], i["restorations"]) == (0, 0), i
+        for i in instances(report):
+            assert i["version_after"] == OLD, i
