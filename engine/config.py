@@ -11,9 +11,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
+from .metrics_config import PrometheusMetrics
 from .versions import is_version
 
 
@@ -291,9 +301,19 @@ class ScrapeMetrics(Model):
         return f"the exporter refreshes every {every} (metrics.exporter_refresh_s)"
 
 
-# A second source adds its model here (a union discriminated by ``type``) and its factory to
+# A source adds its model here (a union discriminated by ``type``) and its factory to
 # ``engine.adapters.sources.SOURCES``.
-MetricsSettings = ScrapeMetrics
+def _metrics_type(value: Any) -> str:
+    """The ``type`` of a ``metrics`` section; ``scrape`` when it is left out."""
+    if isinstance(value, dict):
+        return str(value.get("type", "scrape"))
+    return str(getattr(value, "type", "scrape"))
+
+
+MetricsSettings = Annotated[
+    Annotated[ScrapeMetrics, Tag("scrape")] | Annotated[PrometheusMetrics, Tag("prometheus")],
+    Discriminator(_metrics_type),
+]
 
 
 class Store(Model):
@@ -372,6 +392,9 @@ class Config(Model):
         return self.group(group).rollout or self.defaults.rollout
 
 
+_TAGS = ("local", "docker", "kubernetes", "command", "http", "scrape", "prometheus")
+
+
 def _key_path(loc: tuple[Any, ...], data: Any) -> str:
     """``groups[0].backend.type`` → ``groups[0] (prod-eu).backend.type`` for readability."""
     parts: list[str] = []
@@ -391,7 +414,7 @@ def _key_path(loc: tuple[Any, ...], data: Any) -> str:
             if (
                 isinstance(node, dict)
                 and item not in node
-                and item in ("local", "docker", "kubernetes", "command", "http")
+                and item in _TAGS
             ):
                 continue
             parts.append(("." if parts else "") + str(item))

@@ -77,6 +77,9 @@ def _on_inventory(acc: Acc, p: Pending, result: dict[str, Any], config: Config) 
     acc.emit(EventKind.INVENTORY, fleet=acc.run.mixed_fleet(), current_version=current)
     for warning in result.get("warnings", []):
         acc.emit(EventKind.WARNING, text=warning)
+    if problems := result.get("metrics_problems"):
+        fail(acc, "no metric evidence, so no verdict could be trusted: " + "; ".join(problems))
+        return
     if current:
         if warning := path_warning(current, run.target_version):
             acc.emit(EventKind.WARNING, text=warning)

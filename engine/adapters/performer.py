@@ -97,11 +97,28 @@ class EffectPerformer:
     async def _do_list_slots(self, run: Run, args: dict[str, Any], fence: Any) -> dict[str, Any]:
         groups: dict[str, list[dict[str, Any]]] = {}
         warnings: list[str] = []
+        metrics_problems: list[str] = []
         for name in args["groups"]:
             backend = self.backend(name)
             groups[name] = [slot_dict(s) for s in await backend.list_slots()]
             warnings += [f"{name}: {w}" for w in await backend.preflight()]
-        return {"groups": groups, "warnings": warnings}
+            metrics_problems += await self.metrics_preflight(name)
+        result: dict[str, Any] = {"groups": groups, "warnings": warnings}
+        if metrics_problems:
+            result["metrics_problems"] = metrics_problems
+        return result
+
+    async def metrics_preflight(self, group: str) -> list[str]:
+        """Why the group's evidence would be missing, before anything changes (empty: it is
+        there). A source without a ``preflight`` is not checked; one that cannot be read now is
+        a problem too (nothing has changed yet: refusing is safe)."""
+        check = getattr(self.metrics, "preflight", None)
+        if check is None:
+            return []
+        try:
+            return list(await check(group))
+        except (TemporaryError, PermanentError) as exc:
+            return [f"{group}: metrics unavailable: {exc}"]
 
     async def _do_check_control_plane(
         self, run: Run, args: dict[str, Any], fence: Any
