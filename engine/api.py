@@ -20,7 +20,7 @@ from .model import Run
 from .runner import Clock, DriveResult, LeaseBusy, Performer, Runner, SystemClock, no_checkpoint
 from .schema import Unresumable, load_run, plan_hash
 from .store import Record, Store
-from .versions import Version, is_version, path_warning
+from .versions import EXAMPLE, Version, is_version, normalize, path_warning
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ class PlanningPerformer(Performer, Protocol):
     async def cp_version(self) -> str | None: ...
 
     async def changelog_entries(self, current: str | None, target: str) -> dict[str, Any]: ...
+
+    async def cp_groups(self) -> list[dict[str, Any]] | None: ...
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ class Engine:
 
     async def plan(self, target: str, groups: Sequence[str] | None = None) -> Plan:
         """What a run to ``target`` would do, and what would stop it, without doing anything."""
-        _check_version(target)
+        target = _check_version(target)
         names = self.resolve_groups(groups)
         group_runs = plan_groups(self.config, target, list(names))
         inventory = await self.performer.inventory(names)
@@ -153,6 +155,11 @@ class Engine:
             plan_hash=plan_hash(target, group_runs),
         )
 
+    async def control_plane_groups(self) -> list[dict[str, Any]] | None:
+        """The CP's gateway groups: id, name, instance count, versions and statuses
+        (None when no control plane is configured)."""
+        return await self.performer.cp_groups()
+
     async def start(
         self,
         target: str,
@@ -168,7 +175,7 @@ class Engine:
         channel: str | None = None,
     ) -> Run:
         """Create a run (taking its groups' locks). The driver then carries it out."""
-        _check_version(target)
+        target = _check_version(target)
         names = self.resolve_groups(groups)
         if approval_mode not in ("human", "auto"):
             raise Refused(f"approval mode '{approval_mode}': expected human or auto")
@@ -302,6 +309,8 @@ class Engine:
         return dict(zip(run_ids, results, strict=True))
 
 
-def _check_version(target: str) -> None:
+def _check_version(target: str) -> str:
+    """``target`` normalized (``v3.2.14.6`` → ``3.2.14.6``), or a refusal saying why not."""
     if not is_version(target):
-        raise Refused(f"'{target}' is not a version like 3.8.1")
+        raise Refused(f"'{target}' is not a version like {EXAMPLE}")
+    return normalize(target)

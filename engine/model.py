@@ -15,8 +15,9 @@ from dataclasses import dataclass, field, replace
 from enum import Enum, StrEnum
 from typing import Any, TypeVar, Union, get_args, get_origin
 
-SCHEMA_VERSION = 2
-"""2: ``cp`` split into ``cp_version``, ``seen_revision`` and ``intent``; see ``schema.py``."""
+SCHEMA_VERSION = 3
+"""2: ``cp`` split into ``cp_version``, ``seen_revision`` and ``intent``; 3: a group records the
+control plane's view of its instances (``GroupRun.control_plane``); see ``schema.py``."""
 
 
 # --- the vocabulary; values are what records saved in Redis hold, so they never change ---------
@@ -55,6 +56,7 @@ class GroupPhase(StrEnum):
     BASELINE_START = "baseline_start"
     BASELINE_END = "baseline_end"
     REPLACE = "replace"
+    CP_VERIFY = "cp_verify"
     SMOKE = "smoke"
     SETTLE_START = "settle_start"
     SETTLE_END = "settle_end"
@@ -120,6 +122,8 @@ class EffectKind(StrEnum):
     ENSURE_SLOTS = "ensure_slots"
     SMOKE = "smoke"
     CHECKIN = "checkin"
+    VERIFY_CONTROL_PLANE = "verify_control_plane"
+    """After a group's last replacement: wait until the CP lists its instances Healthy."""
 
 
 RUNNING, WAITING, PAUSED, HELD, ROLLING_BACK = (
@@ -263,6 +267,8 @@ class GroupRun(Record):
     started_at: float | None = None
     finished_at: float | None = None
     replaced_at: tuple[float, ...] = ()
+    control_plane: dict[str, Any] | None = None
+    """The CP's view of the group's instances after its last replacement (``cpview``)."""
 
     def slot(self, slot_id: str) -> SlotRun:
         for s in self.slots:

@@ -52,8 +52,14 @@ def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 2 → 3: groups gained ``control_plane`` (the CP's view after the group), absent
+    (None) in older records; a group already past its replacements simply has none."""
+    return dict(data)
+
+
 # schema N → N+1, applied in order. Each takes and returns the JSON dict.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def plan_hash(target_version: str, groups: tuple[GroupRun, ...] | list[GroupRun]) -> str:

@@ -50,6 +50,17 @@ def _precheck(e: Event) -> str:
     )
 
 
+def _cp_verified(e: Event) -> str:
+    if e.get("status") == "skipped":
+        return f"control-plane check: skipped ({e.get('note')})"
+    view = e.get("view") or {}
+    line = (
+        f"[{e['group']}] control plane: {view.get('healthy')}/{view.get('expected')} instances "
+        f"Healthy on {view.get('target')} (runtime: {view.get('expected')})"
+    )
+    return line + (f" — FAILED: {e['note']}" if e.get("status") == "failed" else "")
+
+
 def _changelog(e: Event) -> str:
     versions = ", ".join(x["version"] for x in e.get("entries", []))
     return f"changelog between versions: {versions or 'no entries'}"
@@ -124,6 +135,7 @@ LINES: dict[EventKind, Callable[[Event], str | None]] = {
     ),
     EventKind.SMOKE_SKIPPED: _silent,  # no slot was replaced: the verdict says the rest
     EventKind.METRICS_SUMMARY: _metrics_summary,
+    EventKind.CP_VERIFIED: _cp_verified,
     EventKind.GATE_OPENED: lambda e: (
         f"[{e['group']}] waiting for approval ({e['required']} needed; recommended: "
         f"{e['recommend']})"

@@ -979,7 +979,7 @@ def test_refusals_name_what_is_valid_and_where_to_look() -> None:
         "Unknown group `prod-xx`. Groups: `staging`, `prod-eu`."
     )
     assert messages.malformed_version("3.8").startswith(
-        "`3.8` is not a version like `3.8.1`. Usage: `/upgrade start VERSION"
+        "`3.8` is not a version like `3.8.1` or `3.2.14.6`. Usage: `/upgrade start VERSION"
     )
     busy = messages.group_busy("prod-eu", "up-3.8.1-x", "C0123ABC")
     assert "`prod-eu` is busy: run `up-3.8.1-x` in <#C0123ABC>" in busy

@@ -170,13 +170,19 @@ def bot_config(
             {
                 "name": group,
                 "production": group.startswith("prod"),
-                "gateway_group_id": group,
+                "gateway_group": group,
                 "backend": {"type": "local", "sandbox_url": state["control_url"]},
                 "image": {"repository": spec.repository},
             }
             for group in spec.groups
         ],
-        "control_plane": {"url": state["cp_url"], "api_key_file": str(key_path)},
+        "control_plane": {
+            "url": state["cp_url"],
+            "api_key_file": str(key_path),
+            # three heartbeats, then some: long enough for a good release, short for a demo
+            "verify_timeout_s": round(3 * spec.heartbeat_interval_s + 10, 1),
+            "verify_interval_s": max(0.2, round(spec.heartbeat_interval_s / 4, 2)),
+        },
         "redis_url": redis_url,
         "changelog": CHANGELOG_FILE,
         "backup": {

@@ -13,7 +13,7 @@ from pathlib import Path
 
 GROUP_NAMES = ["prod-eu", "prod-us", "prod-ap", "prod-sa", "prod-af", "prod-me", "prod-oc"]
 FAULT_KINDS = ("never-ready", "slow-start", "errors", "latency", "no-cp")
-VERSION_IN_TAG = re.compile(r"(\d+\.\d+\.\d+)")
+VERSION_IN_TAG = re.compile(r"(\d+(?:\.\d+){2,4})")
 
 
 def group_names(count: int) -> list[str]:
@@ -43,7 +43,7 @@ class Fault:
 def parse_fault(text: str) -> tuple[str, Fault]:
     """``3.8.1=errors:0.2`` → ("3.8.1", Fault(error_ratio=0.2)). Raises ValueError with advice."""
     version, sep, kind_spec = text.partition("=")
-    if not sep or not re.fullmatch(r"\d+\.\d+\.\d+", version):
+    if not sep or not re.fullmatch(r"\d+(?:\.\d+){2,4}", version):
         raise ValueError(f"'{text}': expected VERSION=KIND, e.g. 3.8.1=errors:0.2")
     kind, _, arg = kind_spec.partition(":")
     try:
@@ -73,7 +73,7 @@ def version_of_image(image: str) -> str:
     tag = image.rsplit(":", 1)[-1] if ":" in image.rsplit("/", 1)[-1] else ""
     match = VERSION_IN_TAG.search(tag)
     if not match:
-        raise ValueError(f"image '{image}' has no version (X.Y.Z) in its tag")
+        raise ValueError(f"image '{image}' has no version (X.Y.Z or W.X.Y.Z) in its tag")
     return match.group(1)
 
 
@@ -89,7 +89,8 @@ class SandboxSpec:
     latency_ms: float = 50.0
     ready_delay_s: float = 0.5
     cp_version: str | None = None
-    heartbeat_interval_s: float = 1.0
+    heartbeat_interval_s: float = 10.0
+    """How often instances heartbeat to the CP stand-in (a real data plane: every 10 s)."""
     health_interval_s: float = 0.2
     health_timeout_s: float = 5.0
     """How long a front door's readiness check may take. Generous on purpose: on a loaded
