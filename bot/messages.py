@@ -762,9 +762,7 @@ def cp_beside_runtime(view: Mapping[str, Any]) -> str:
     )
 
 
-def cp_verified(
-    group: str, status: str, view: Mapping[str, Any] | None, note: str | None
-) -> str:
+def cp_verified(group: str, status: str, view: Mapping[str, Any] | None, note: str | None) -> str:
     if status == "skipped":
         return f":fast_forward: Control-plane check skipped — {esc(note or 'no reason given')}"
     detail = cp_beside_runtime(view or {})

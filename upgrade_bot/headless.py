@@ -177,7 +177,7 @@ def _print_cp_groups(rows: list[dict[str, Any]] | None) -> None:
         return
     print(f"  control-plane groups ({len(rows)}):")
     for r in rows:
-        versions = ", ".join(f"{v} ×{n}" for v, n in sorted(r["versions"].items())) or "-"
+        versions = ", ".join(f"{v}: {n}" for v, n in sorted(r["versions"].items())) or "-"
         statuses = ", ".join(f"{s} {n}" for s, n in sorted(r["statuses"].items())) or "-"
         print(
             f"    {r['name']} ({r['id']}): {r['instances']} instance(s); "

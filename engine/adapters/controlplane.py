@@ -241,21 +241,23 @@ class ControlPlaneClient:
     async def _all_pages(self, path: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Every item of a paged list (``page`` from 1, ``page_size`` ≥ 1, ``{list, total}``).
 
-        Items that appear on two pages (a new one shifted the list) count once; when an item
-        vanished mid-way (fewer found than ``total``) the whole list is read again, a few times.
+        Items that appear on two pages count once. When ``total`` changed between pages (an
+        item came or went, shifting the pages) or fewer items than ``total`` were read, the
+        whole list is read again, a few times.
         """
+        found: list[dict[str, Any]] = []
         for _ in range(PAGING_ATTEMPTS):
-            found, total = await self._pages_once(path, params)
-            if len(found) >= total:
+            found, totals = await self._pages_once(path, params)
+            if len(totals) == 1 and len(found) >= next(iter(totals)):
                 return found
         return found
 
     async def _pages_once(
         self, path: str, params: Mapping[str, Any]
-    ) -> tuple[list[dict[str, Any]], int]:
+    ) -> tuple[list[dict[str, Any]], set[int]]:
         found: list[dict[str, Any]] = []
         seen: set[Any] = set()
-        total = 0
+        totals: set[int] = set()
         for page in range(1, MAX_PAGES + 1):
             body = await self._get(
                 path, params={**params, "page": page, "page_size": self._page_size}
@@ -264,6 +266,7 @@ class ControlPlaneClient:
             total = body.get("total") if isinstance(body, dict) else None
             if not isinstance(items, list) or not isinstance(total, int):
                 raise self._malformed(path, "expected {'total': N, 'list': [...]}")
+            totals.add(total)
             new = 0
             for item in items:
                 if not isinstance(item, dict):
@@ -276,7 +279,7 @@ class ControlPlaneClient:
                 new += 1
             if len(items) < self._page_size or len(found) >= total or new == 0:
                 break
-        return found, total
+        return found, totals
 
     # --- plumbing ------------------------------------------------------------------------
 

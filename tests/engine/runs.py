@@ -158,6 +158,7 @@ class Fleet:
         self.cp_status: dict[str, str] = {}
         self.cp_unreachable_versions: set[str] = set()
         self.cp_extra: dict[str, list[dict[str, Any]]] = {}
+        self.cp_lists_instances = False  # the pre-check reads instances only when True
         self.warnings: list[str] = []
         self.smoke_failures: list[str] = []
         # slot id → errors returned by its next ensure_slots calls, one per call
@@ -202,6 +203,8 @@ class Fleet:
     def check_control_plane(self, effect: Pending, now: float) -> dict[str, Any]:
         if self.cp_version is None:
             return {"skipped": True}
+        if not self.cp_lists_instances:
+            return {"version": self.cp_version}
         groups = {
             g: {"instances": self.cp_instances(g), "hostnames": [i.id for i in xs]}
             for g, xs in self.groups.items()

@@ -31,7 +31,9 @@ GROUPS = {
 
 
 def cp_sim(**start: Any) -> Sim:
-    return Sim(config=make_config({**CP, **GROUPS}), start=start)
+    sim = Sim(config=make_config({**CP, **GROUPS}), start=start)
+    sim.fleet.cp_lists_instances = True
+    return sim
 
 
 def until_gate(sim: Sim) -> bool:
