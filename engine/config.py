@@ -85,9 +85,58 @@ class Rollout(Model):
     """How long to measure after the group's last replacement before the verdict."""
 
 
+class StatusReadiness(Model):
+    """Ready when the instance's status API answers 200 on ``path``.
+
+    APISIX serves ``GET /status/ready`` from 3.13 on its status listener (``apisix.status`` in
+    config.yaml, default 127.0.0.1:7085: apache/apisix ``apisix/cli/config.lua`` and
+    docs/en/latest/status-api.md); API7's gateway serves it only when ``status_endpoint`` is
+    enabled. Older gateways answer 404, and the group never becomes ready.
+    """
+
+    mode: Literal["status"]
+    path: str = Field("/status/ready", pattern=r"^/")
+
+
+class TcpReadiness(Model):
+    """Ready when the proxy port accepts a TCP connection. Weak: a gateway accepts connections
+    before its workers have their routes, and answers ``404 Route Not Found`` meanwhile."""
+
+    mode: Literal["tcp"]
+
+
+class ProxyReadiness(Model):
+    """Ready when a request through the new instance's proxy port is answered with an
+    expected status: by default any status but 404 (no routes yet) and 5xx."""
+
+    mode: Literal["proxy"]
+    path: str = Field("/", pattern=r"^/")
+    host: str | None = None
+    """``Host`` header of the probe, for routes matched by host."""
+    expect_status: list[Annotated[int, Field(ge=100, le=599)]] | None = Field(None, min_length=1)
+
+
+class HealthcheckReadiness(Model):
+    """Ready when the container's own healthcheck reports healthy (Docker only)."""
+
+    mode: Literal["healthcheck"]
+
+
+ProcessReadiness = Annotated[
+    StatusReadiness | TcpReadiness | ProxyReadiness, Field(discriminator="mode")
+]
+"""How a gateway process without a runtime healthcheck is judged ready."""
+ContainerReadiness = Annotated[
+    StatusReadiness | TcpReadiness | ProxyReadiness | HealthcheckReadiness,
+    Field(discriminator="mode"),
+]
+Readiness = StatusReadiness | TcpReadiness | ProxyReadiness | HealthcheckReadiness
+
+
 class LocalBackend(Model):
     type: Literal["local"]
     sandbox_url: str = Field(pattern=r"^https?://")
+    readiness: ProcessReadiness = StatusReadiness(mode="status")
     stop_signal: Literal["SIGQUIT", "SIGTERM"] = "SIGQUIT"
     """SIGTERM cuts in-flight requests; it exists for the sandbox's negative control."""
     stop_timeout_s: float = Field(60, gt=0)

@@ -70,6 +70,7 @@ class Sandbox:
                 members=lambda g=group: self.fleet.members(g),  # type: ignore[union-attr]
                 health_interval_s=self.spec.health_interval_s,
                 health_timeout_s=self.spec.health_timeout_s,
+                health_check=self.spec.readiness,
             )
             await door.start()
             self.front_doors[group] = door

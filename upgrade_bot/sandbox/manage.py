@@ -171,7 +171,11 @@ def bot_config(
                 "name": group,
                 "production": group.startswith("prod"),
                 "gateway_group": group,
-                "backend": {"type": "local", "sandbox_url": state["control_url"]},
+                "backend": {
+                    "type": "local",
+                    "sandbox_url": state["control_url"],
+                    "readiness": {"mode": spec.readiness},
+                },
                 "image": {"repository": spec.repository},
             }
             for group in spec.groups
