@@ -776,7 +776,8 @@ def precheck(check: str, status: str, note: str | None, cp_version: str | None) 
     if status == "skipped":
         return f":fast_forward: Pre-check {name} skipped — {esc(note or 'no reason given')}"
     version = f": {esc(cp_version)}" if cp_version else ""
-    return f":white_check_mark: Pre-check {name} ok{version}"
+    detail = f" — {esc(note)}" if note else ""
+    return f":white_check_mark: Pre-check {name} ok{version}{detail}"
 
 
 def changelog_headline(n_versions: int, versions: Sequence[str]) -> str:

@@ -34,7 +34,7 @@ from .wiring import engine_for
 
 REQUESTER = "U0ALICE001"  # alice, in the Slack stand-in's workspace
 APPROVER = "U0BOB00002"  # bob, on call (user group S0ONCALL01)
-BAD_RELEASES = ("never-ready", "errors", "latency")
+BAD_RELEASES = ("never-ready", "errors", "latency", "no-cp")
 ENDED = frozenset({"completed", "rolled_back", "failed", "aborted"})
 
 

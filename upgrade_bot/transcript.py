@@ -45,8 +45,10 @@ def _run_started(e: Event) -> str:
 def _precheck(e: Event) -> str:
     if e.get("status") == "skipped":
         return f"pre-check {e['check']}: skipped ({e.get('note')})"
-    return f"pre-check {e['check']}: ok" + (
-        f" (control plane {e['cp_version']})" if e.get("cp_version") else ""
+    return (
+        f"pre-check {e['check']}: ok"
+        + (f" (control plane {e['cp_version']})" if e.get("cp_version") else "")
+        + (f": {e['note']}" if e.get("note") else "")
     )
 
 
