@@ -237,9 +237,12 @@ def write_changelog(path: Path, version: str) -> None:
     The text is the sandbox's own, not a vendor's: it only gives the changelog step something
     to show and to be acknowledged.
     """
-    major, minor, patch = (int(p) for p in version.split("."))
-    versions = [f"{major}.{minor}.{p}" for p in range(patch, patch + 4)]
-    versions += [f"{major}.{minor + 1}.0", f"{major}.{minor + 1}.1"]
+    *head, last = (int(p) for p in version.split("."))  # 3.8.0, or API7's 3.2.14.5
+    prefix = ".".join(str(p) for p in head)
+    versions = [f"{prefix}.{p}" for p in range(last, last + 4)]
+    if len(head) == 2:  # APISIX: the next minor too
+        major, minor = head
+        versions += [f"{major}.{minor + 1}.0", f"{major}.{minor + 1}.1"]
     lines = ["# Sandbox gateway release notes", ""]
     for v in reversed(versions):
         lines += [
