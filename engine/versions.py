@@ -27,8 +27,6 @@ _SHAPE = re.compile(
     r"^\d+(?:\.\d+){2,4}"  # 3.8.1, 3.2.14.6, 3.2.14.4.1
     r"(?:[-+][0-9A-Za-z][0-9A-Za-z.+-]*|[A-Za-z][0-9A-Za-z.+-]*)?$"  # -beta, -rc1, rc1
 )
-    r"^\d+(?:\.\d+){2,4}(?:[-+][0-9A-Za-z][0-9A-Za-z.+-]*|[A-Za-z][0-9A-Za-z.+-]*)?$"
-)
 """Three to five numeric parts, optionally a suffix. Checked before packaging parses, so that
 '3.8' or '3' (which PEP 440 accepts) are not taken for a gateway release."""
 EXAMPLE = "3.8.1 or 3.2.14.6"

@@ -110,9 +110,7 @@ async def replace_group(
     Returns, per slot, the seconds ``ensure_image`` took and how many requests the old instance
     had in flight just before (read from its own ``/sandbox/stats``).
     """
-    backend = LocalBackend(
-        group, handle.control_url, stop_signal=stop_signal, readiness=readiness
-    )
+    backend = LocalBackend(group, handle.control_url, stop_signal=stop_signal, readiness=readiness)
     done = []
     try:
         for slot in await backend.list_slots():
