@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .config import Config, Group
+from .cpview import group_view
 from .decide import OVERRIDES, Command, Decision, allowed, initial_run, plan_groups
 from .errors import Duplicate, Refused, UnknownRun
 from .feed import EventFeed
@@ -34,6 +35,8 @@ class PlanningPerformer(Performer, Protocol):
     async def changelog_entries(self, current: str | None, target: str) -> dict[str, Any]: ...
 
     async def cp_groups(self) -> list[dict[str, Any]] | None: ...
+
+    async def cp_group_instances(self, groups: list[str]) -> dict[str, Any] | None: ...
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,9 @@ class Engine:
                 blockers.append(
                     f"control plane runs {cp_version}, older than {target} (override: cp-version)"
                 )
+            blockers += _cp_instance_findings(
+                await self.performer.cp_group_instances(list(names)) or {}, warnings
+            )
         changelog = await self.performer.changelog_entries(current, target)
         backup = (
             f"{self.config.backup.type} hook"
@@ -309,6 +315,27 @@ class Engine:
 
         results = await asyncio.gather(*(one(r) for r in run_ids))
         return dict(zip(run_ids, results, strict=True))
+
+
+def _cp_instance_findings(groups: dict[str, Any], warnings: list[str]) -> list[str]:
+    """The run's instance pre-check, for a plan: blockers returned, warnings appended."""
+    blockers = []
+    for name, info in groups.items():
+        if info.get("skipped"):
+            warnings.append(f"{name}: {info['skipped']}")
+            continue
+        view = group_view(info["instances"], info["hostnames"])
+        if view["unhealthy"]:
+            blockers.append(
+                f"{name}: unhealthy on the control plane: {', '.join(view['unhealthy'])} "
+                "(override: unhealthy)"
+            )
+        if view["listed"] != view["expected"]:
+            warnings.append(
+                f"{name}: the control plane lists {view['listed']} instance(s), "
+                f"the runtime has {view['expected']}"
+            )
+    return blockers
 
 
 def _check_version(target: str) -> str:

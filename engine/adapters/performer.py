@@ -89,6 +89,10 @@ class EffectPerformer:
     async def cp_version(self) -> str | None:
         return await self.cp.version() if self.cp is not None else None
 
+    async def cp_group_instances(self, groups: list[str]) -> dict[str, Any] | None:
+        """``cp_instances`` for planning (None: no CP configured)."""
+        return await self.cp_instances(groups) if self.cp is not None else None
+
     async def changelog_entries(self, current: str | None, target: str) -> dict[str, Any]:
         return await self._do_load_changelog(
             None,
@@ -112,18 +116,25 @@ class EffectPerformer:
     ) -> dict[str, Any]:
         if self.cp is None:
             return {"skipped": True}
+        groups = await self.cp_instances([g.name for g in run.groups])
+        return {"version": await self.cp.version(), "groups": groups}
+
+    async def cp_instances(self, names: list[str]) -> dict[str, Any]:
+        """Per group: the CP's instances and the runtime's host names (``cpview`` judges them),
+        or why the group has none on the CP."""
+        assert self.cp is not None
         groups: dict[str, Any] = {}
-        for g in run.groups:
-            group_id, note = await self._cp_group(g.name)
+        for name in names:
+            group_id, note = await self._cp_group(name)
             if group_id is None:
-                groups[g.name] = {"skipped": note}
+                groups[name] = {"skipped": note}
                 continue
-            groups[g.name] = {
+            groups[name] = {
                 "gateway_group_id": group_id,
                 "instances": [_compact(i) for i in await self.cp.instances(group_id)],
-                "hostnames": await self._hostnames(g.name),
+                "hostnames": await self._hostnames(name),
             }
-        return {"version": await self.cp.version(), "groups": groups}
+        return groups
 
     async def _do_verify_control_plane(
         self, run: Run, args: dict[str, Any], fence: Any
