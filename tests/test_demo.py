@@ -153,6 +153,9 @@ def test_bad_release_is_rolled_back_without_a_failed_request(tmp_path: Path, kin
         ), report["reason"]
         for i in first["instances"]:
             assert (i["replacements"], i["restorations"]) == (1, 1), i
+        # the dashboard key the bot used appears in no message (stdout: the channel) or report
+        key = (tmp_path / "demo" / "cp_api_key").read_text().strip()
+        assert len(key) >= 16 and key not in json.dumps(report), "the CP key leaked"
     elif kind == "never-ready":
         # The new instance never became ready: no slot was handed over, none to restore.
         for i in first["instances"]:
