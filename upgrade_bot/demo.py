@@ -34,7 +34,14 @@ from .wiring import engine_for
 
 REQUESTER = "U0ALICE001"  # alice, in the Slack stand-in's workspace
 APPROVER = "U0BOB00002"  # bob, on call (user group S0ONCALL01)
-BAD_RELEASES = ("never-ready", "errors", "latency", "no-cp")
+BAD_RELEASES = ("never-ready", "errors", "latency", "no-config", "errors@1", "no-cp")
+TCP_READINESS_RELEASES = ("no-config", "no-cp")
+"""Bad releases that a real readiness check would catch (a gateway without its configuration
+answers 503 on /status/ready): for them the demo judges readiness by TCP only, as the vendors'
+Helm charts do, so that only the metric verdict (no-config) or the control-plane check (no-cp:
+instances that cannot reach the CP) can stop them."""
+NO_SMOKE_RELEASES = ("no-config",)
+"""Bad releases a smoke request would catch: the demo sends none for them."""
 ENDED = frozenset({"completed", "rolled_back", "failed", "aborted"})
 
 
@@ -51,8 +58,7 @@ def add_arguments(demo: argparse.ArgumentParser, version_type: Any, positive: An
         choices=READINESS_MODES,
         default=None,
         help="how the bot judges a new instance ready (the groups' backend.readiness.mode); "
-        "default status, or tcp with --bad-release no-cp (API7's chart ships a TCP probe, so "
-        "only the control-plane check can catch instances that cannot reach the CP)",
+        f"default status, tcp for --bad-release {'|'.join(TCP_READINESS_RELEASES)}",
     )
     demo.add_argument("--rate", type=float, default=150.0)
     demo.add_argument(
@@ -210,8 +216,15 @@ def demo_spec(args: argparse.Namespace) -> SandboxSpec:
         cp_version=args.to_version,
         faults=faults,
         rate_per_s=args.rate,
-        readiness=args.readiness or ("tcp" if args.bad_release == "no-cp" else "status"),
+        readiness=demo_readiness(args),
+        smoke=args.bad_release not in NO_SMOKE_RELEASES,
     )
+
+
+def demo_readiness(args: argparse.Namespace) -> str:
+    if args.readiness:
+        return str(args.readiness)
+    return "tcp" if args.bad_release in TCP_READINESS_RELEASES else "status"
 
 
 async def follow(stub: SlackStub, stop: asyncio.Event, interval_s: float = 0.2) -> None:
@@ -354,6 +367,8 @@ async def run_demo(
 def print_report(report: dict[str, Any]) -> None:
     print()
     print(f"run {report['run_id']}: {report['state']} in {report['duration_s']}s")
+    if report.get("reason"):
+        print(f"reason: {report['reason']}")
     print(
         f"traffic during the run: {report['requests_total']} requests, "
         f"{report['requests_failed']} failed, {report['requests_5xx']} answered 5xx by a gateway"
