@@ -183,8 +183,9 @@ def bot_config(
         "control_plane": {
             "url": state["cp_url"],
             "api_key_file": str(key_path),
-            # three heartbeats, then some: long enough for a good release, short for a demo
-            "verify_timeout_s": round(3 * spec.heartbeat_interval_s + 10, 1),
+            # a new instance heartbeats at once, and reports a revision it was sent one
+            # heartbeat later: two intervals and a margin suffice, and keep a demo short
+            "verify_timeout_s": round(2 * spec.heartbeat_interval_s + 5, 1),
             "verify_interval_s": max(0.2, round(spec.heartbeat_interval_s / 4, 2)),
         },
         "redis_url": redis_url,
