@@ -868,6 +868,12 @@ EVENT_POSTS: dict[EventKind, Callable[[_Ctx], Message | None]] = {
         lambda e: msg.cp_verified(e["group"], e["status"], e.get("view"), e.get("note")),
         False,
     ),
+    EventKind.WATCH_FAILED: _simple(
+        lambda e: msg.watch_failed(
+            e["group"], e["done"], e["total"], (e.get("verdict") or {}).get("reasons") or []
+        ),
+        True,
+    ),
     EventKind.GATE_OPENED: _elsewhere,  # gate_message, then gate_decided
     EventKind.GATE_REMINDER: _reminder,
     EventKind.GATE_EXPIRED: _elsewhere,

@@ -165,6 +165,7 @@ def bot_config(
     # Windows sized for the sandbox's traffic: enough requests per window for a verdict.
     per_group_rps = spec.rate_per_s / max(1, len(spec.groups))
     window_s = max(5.0, round(260 / per_group_rps, 1)) if per_group_rps else 5.0
+    window_s = max(window_s, 2 * spec.exporter_refresh_s)  # what the metrics can resolve
     return {
         "groups": [
             {
@@ -188,6 +189,7 @@ def bot_config(
             "verify_timeout_s": round(2 * spec.heartbeat_interval_s + 5, 1),
             "verify_interval_s": max(0.2, round(spec.heartbeat_interval_s / 4, 2)),
         },
+        "metrics": {"type": "scrape", "exporter_refresh_s": spec.exporter_refresh_s},
         "redis_url": redis_url,
         "changelog": CHANGELOG_FILE,
         "backup": {
