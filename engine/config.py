@@ -101,6 +101,9 @@ class Rollout(Model):
     watch: bool = True
     """Judge the metrics since the first replacement after each batch, before the next one: a
     clear ``fail`` (on at least the thresholds' ``min_requests``) halts the group there."""
+    watch_min_requests: int | None = Field(None, ge=1)
+    """Requests a watch needs before it may fail the group (default: twice the thresholds'
+    ``min_requests``): halting mid-group is for clear failures."""
     on_watch_fail: Literal["pause", "rollback"] = "pause"
     """What a failed watch does: pause the run (the on-call engineer resumes or rolls back) or
     roll back at once."""

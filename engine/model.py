@@ -275,6 +275,8 @@ class GroupRun(Record):
     """How many slots were done when the metrics were last watched (one watch per batch)."""
     watch: dict[str, Any] | None = None
     """The last watch: ``{"after": Summary dict, "verdict": Verdict dict, "done": n}``."""
+    observed: dict[str, Any] | None = None
+    """The verdict on the group's metrics since its upgrade at the last observation check-in."""
     points: tuple[dict[str, Any], ...] = ()
     """The group's metrics over time, for charts and history: each measured window as
     ``{"kind": "baseline" | "watch" | "settle" | "source", "start", "end", "summary"}``

@@ -14,6 +14,7 @@ from .cpoutcomes import on_cp_check, on_cp_verify
 from .events import EventKind
 from .metrics import Summary
 from .model import (
+    ApprovalMode,
     EffectKind,
     GroupPhase,
     GroupRun,
@@ -27,7 +28,7 @@ from .model import (
 )
 from .rollback import rollback_failed, start_rollback
 from .transition import Acc, Failure, Outcome, fail, finish
-from .verdict import Phase, inconclusive, judge
+from .verdict import Phase, Verdict, inconclusive, judge
 from .versions import Version, path_warning
 
 MAX_ATTEMPTS = 5
@@ -212,7 +213,11 @@ def _on_watch(acc: Acc, g: GroupRun, now: Summary, done: int, config: Config) ->
     if g.before is None:
         acc.group(g.with_(watched=done))
         return
-    verdict = judge(Summary.from_dict(g.before), now, config.thresholds_for(g.name))
+    thresholds = config.thresholds_for(g.name)
+    needed = config.rollout_for(g.name).watch_min_requests or 2 * thresholds.min_requests
+    verdict = judge(
+        Summary.from_dict(g.before), now, thresholds.model_copy(update={"min_requests": needed})
+    )
     acc.group(
         g.with_(
             watched=done,
@@ -360,11 +365,55 @@ def _on_checkin(acc: Acc, p: Pending, result: dict[str, Any], config: Config) ->
     if config_moved(acc, result):
         acc.set(next_checkin_at=acc.now + config.defaults.observation.checkin_interval_s)
         return
+    if _observation_alert(acc, result, config):
+        acc.set(next_checkin_at=acc.now + config.defaults.observation.checkin_interval_s)
+        return
     if p.args.get("final"):
         finish(acc, RunState.COMPLETED, "every group upgraded and observed")
         acc.emit(EventKind.FREEZE_LIFTED, revision=acc.run.config_revision)
         return
     acc.set(next_checkin_at=acc.now + config.defaults.observation.checkin_interval_s)
+
+
+def _observation_alert(acc: Acc, result: dict[str, Any], config: Config) -> bool:
+    """The runbook's step 9 judged by the verdict's rules: a group whose metrics since its
+    upgrade newly fail is reported, and the run pauses (rolls back in auto mode) so that a
+    rollback stays possible. True when the run stopped."""
+    alerts: list[tuple[str, Verdict]] = []
+    for name, info in (result.get("groups") or {}).items():
+        g = acc.run.group(name)
+        since = info.get("since_upgrade")
+        if not since or g.before is None:
+            continue
+        verdict = judge(
+            Summary.from_dict(g.before), Summary.from_dict(since), config.thresholds_for(name)
+        )
+        was_failing = (g.observed or {}).get("phase") == Phase.FAIL.value
+        acc.group(g.with_(observed=verdict.to_dict()))
+        if verdict.phase is Phase.FAIL and not was_failing:
+            alerts.append((name, verdict))
+            acc.emit(
+                EventKind.OBSERVATION_ALERT,
+                group=name,
+                before=g.before,
+                after=since,
+                verdict=verdict.to_dict(),
+            )
+    if not alerts:
+        return False
+    reason = "observation: " + "; ".join(
+        f"{name} fails since its upgrade: {'; '.join(v.reasons)}" for name, v in alerts
+    )
+    if acc.run.approval_mode == ApprovalMode.AUTO:
+        start_rollback(acc, reason, by="auto", automatic=True)
+        return True
+    acc.set(
+        state=RunState.PAUSED,
+        paused_from=RunState.RUNNING,
+        reason=reason + " — roll back, or resume to keep observing",
+    )
+    acc.emit(EventKind.PAUSED, by="engine", reason=acc.run.reason)
+    return True
 
 
 _OUTCOMES: dict[EffectKind, OutcomeHandler] = {

@@ -58,7 +58,7 @@ def _v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
     watched, as when it was saved, and its points start empty."""
     data = dict(data)
     data["groups"] = [
-        {**g, "watch_snapshot": None, "watched": 0, "watch": None, "points": []}
+        {**g, "watch_snapshot": None, "watched": 0, "watch": None, "observed": None, "points": []}
         for g in data.get("groups", ())
     ]
     return data
