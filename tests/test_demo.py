@@ -1,7 +1,7 @@
 """``upgrade-bot demo``: the full rehearsal on the sandbox through the real bot in the Slack
 stand-in, judged by its report and by what it printed and what the stand-in recorded.
 
-The default demo and two bad releases go through the real CLI in a subprocess, as a user runs
+The default demo and three bad releases go through the real CLI in a subprocess, as a user runs
 them. The ``errors`` release runs in-process through ``run_demo`` (the same function the CLI
 calls), so that the test can still ask the sandbox about the traffic before it goes down and
 compare the report with the engine's own record of the run.
@@ -141,13 +141,25 @@ def test_default_demo_upgrades_every_slot_once_without_a_failed_request(
     assert all(Path(c).read_bytes().startswith(b"\x89PNG") for c in report["charts"])
 
 
-@pytest.mark.parametrize("kind", ["never-ready", "latency"])
+@pytest.mark.parametrize("kind", ["never-ready", "latency", "no-cp"])
 def test_bad_release_is_rolled_back_without_a_failed_request(tmp_path: Path, kind: str) -> None:
     report = demo_cli(tmp_path, "--bad-release", kind)
 
     check_rolled_back(report)
     first = report["groups"][0]
-    if kind == "never-ready":
+    if kind == "no-cp":
+        # TCP readiness (the demo's choice for this release, as API7's chart ships) let every
+        # new instance in; only the control plane's instance list shows them missing.
+        assert report["reason"].startswith(
+            f"control-plane check failed on {GROUPS[0]}: the CP lists 0 of {INSTANCES} "
+            f"instances Healthy on {NEW}; not listed: "
+        ), report["reason"]
+        for i in first["instances"]:
+            assert (i["replacements"], i["restorations"]) == (1, 1), i
+        # the dashboard key the bot used appears in no message (stdout: the channel) or report
+        key = (tmp_path / "demo" / "cp_api_key").read_text().strip()
+        assert len(key) >= 16 and key not in json.dumps(report), "the CP key leaked"
+    elif kind == "never-ready":
         # The new instance never became ready: no slot was handed over, none to restore.
         for i in first["instances"]:
             assert (i["replacements"], i["restorations"]) == (0, 0), i
