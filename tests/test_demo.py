@@ -22,6 +22,7 @@ import httpx
 import pytest
 import yaml
 
+from upgrade_bot.bot import charts
 from upgrade_bot.cli import build_parser
 from upgrade_bot.demo import Rehearsal, run_demo
 from upgrade_bot.sandbox import manage
@@ -168,6 +169,8 @@ def test_bad_release_is_rolled_back_without_a_failed_request(tmp_path: Path, kin
         assert first["p99_ms_after"] > first["p99_ms_before"], first
         for i in first["instances"]:
             assert (i["replacements"], i["restorations"]) == (1, 1), i
+        # the report's reason is the rule and its numbers, not only who clicked
+        assert "verdict fail: p99 " in report["reason"] and " ms after vs " in report["reason"]
 
 
 @pytest.mark.parametrize(
@@ -268,6 +271,22 @@ async def test_errors_release_verdict_matches_the_traffic_and_the_report_the_rec
     assert reported == recorded
     for i in report["groups"][0]["instances"]:
         assert (i["replacements"], i["restorations"]) == (1, 1), i
+    assert report["reason"].startswith("rollback requested by U0BOB00002 at the prod-eu gate")
+    assert "verdict fail: 5xx ratio" in report["reason"], report["reason"]
+
+    # The chart of the failing group, drawn from this run's record: a time series over the
+    # whole window, the replacements at their recorded moments, small enough for a phone.
+    png = charts.group_chart(run, g.name)
+    assert png is not None and png.startswith(b"\x89PNG") and len(png) < charts.MAX_BYTES
+    origin = float(g.baseline_snapshot["taken_at"])
+    marks = sorted(
+        line.get_xdata()[0]
+        for line in charts.group_figure(run, g.name).axes[0].get_lines()
+        if line.get_color() == charts.REPLACED_COLOR
+    )
+    assert marks == pytest.approx(sorted(t - origin for t in g.replaced_at))
+    assert len(marks) == INSTANCES
+    assert g.points[0]["kind"] == "baseline" and g.points[-1]["kind"] == "settle"
 
     # In Slack: bob read the FAIL verdict on the gate and clicked Roll back; the gate message
     # was edited in place to say so; the run message ends rolled back; nothing posted twice.

@@ -215,6 +215,10 @@ def bot_config(
                 "ready_timeout_s": 20,
                 "baseline_window_s": window_s,
                 "settle_s": window_s,
+                # The rehearsal shows each group's verdict at its gate. At the sandbox's few
+                # requests per batch a watch would halt a bad release after one slot or two,
+                # depending on timing; tests/engine/test_watch.py shows the watch on its own.
+                "watch": False,
             },
             "observation": {"window_s": 5, "checkin_interval_s": 5},
             # The gateway's own mock route: it proves the instance serves, while the metric
