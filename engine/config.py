@@ -85,6 +85,54 @@ class Rollout(Model):
     """How long to measure after the group's last replacement before the verdict."""
 
 
+class StatusReadiness(Model):
+    """Ready when the instance's status API answers 200 on ``path``.
+
+    APISIX serves ``GET /status/ready`` from 3.13 on its status listener (``apisix.status`` in
+    config.yaml, default 127.0.0.1:7085: apache/apisix ``apisix/cli/config.lua`` and
+    docs/en/latest/status-api.md); API7's gateway serves it only when ``status_endpoint`` is
+    enabled. Older gateways answer 404, and the group never becomes ready.
+    """
+
+    mode: Literal["status"]
+    path: str = Field("/status/ready", pattern=r"^/")
+
+
+class TcpReadiness(Model):
+    """Ready when the proxy port accepts a TCP connection. Weak: a gateway accepts connections
+    before its workers have their routes, and answers ``404 Route Not Found`` meanwhile."""
+
+    mode: Literal["tcp"]
+
+
+class ProxyReadiness(Model):
+    """Ready when a request through the new instance's proxy port is answered with an
+    expected status: by default any status but 404 (no routes yet) and 5xx."""
+
+    mode: Literal["proxy"]
+    path: str = Field("/", pattern=r"^/")
+    host: str | None = None
+    """``Host`` header of the probe, for routes matched by host."""
+    expect_status: list[Annotated[int, Field(ge=100, le=599)]] | None = Field(None, min_length=1)
+
+
+class HealthcheckReadiness(Model):
+    """Ready when the container's own healthcheck reports healthy (Docker only)."""
+
+    mode: Literal["healthcheck"]
+
+
+ProcessReadiness = Annotated[
+    StatusReadiness | TcpReadiness | ProxyReadiness, Field(discriminator="mode")
+]
+"""How a gateway process without a runtime healthcheck is judged ready."""
+ContainerReadiness = Annotated[
+    StatusReadiness | TcpReadiness | ProxyReadiness | HealthcheckReadiness,
+    Field(discriminator="mode"),
+]
+Readiness = StatusReadiness | TcpReadiness | ProxyReadiness | HealthcheckReadiness
+
+
 class LocalBackend(Model):
     type: Literal["local"]
     sandbox_url: str = Field(pattern=r"^https?://")
@@ -93,13 +141,54 @@ class LocalBackend(Model):
     stop_timeout_s: float = Field(60, gt=0)
 
 
+class DockerTls(Model):
+    """Certificates for a Docker host reached over ``tcp://`` (``dockerd --tlsverify``)."""
+
+    ca_cert: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    verify: bool = True
+
+
+class RegistryAuth(Model):
+    """Credentials for pulling from a private registry, from the environment. Without it the
+    Docker config file (``~/.docker/config.json`` or ``$DOCKER_CONFIG``) is used."""
+
+    username_env: str
+    password_env: str
+    registry: str | None = None
+
+
 class DockerBackend(Model):
+    """A group of containers on one Docker host (a compose project/service)."""
+
     type: Literal["docker"]
     base_url: str | None = None
+    """``unix:///var/run/docker.sock`` or ``tcp://host:2376``; default ``DOCKER_HOST``, else
+    the local socket."""
+    tls: DockerTls | None = None
     labels: dict[str, str] = Field(min_length=1)
-    stop_signal: str = "SIGQUIT"
+    """The group's containers, e.g. ``com.docker.compose.project`` and ``…service``."""
+    stop_signal: str = Field("SIGQUIT", pattern=r"^SIG[A-Z0-9]+$")
+    """SIGQUIT drains nginx-based gateways; SIGTERM drops in-flight requests."""
     stop_timeout_s: float = Field(60, gt=0)
+    drain_s: float = Field(0, ge=0)
+    """Wait between the replacement being ready and the old container's stop signal, so that
+    a load balancer's health check has seen the new one."""
+    proxy_port: int = Field(9080, ge=1, le=65535)
     status_port: int = Field(7085, ge=1, le=65535)
+    metrics_port: int = Field(9091, ge=1, le=65535)
+    """Container ports of the gateway's listeners (published host ports are found by the
+    backend)."""
+    registry_auth: RegistryAuth | None = None
+    compose_file: str | None = None
+    """The compose file of the group's service: updated on completion, restored on rollback."""
+    compose_service: str | None = None
+    """The service in ``compose_file`` (default: the ``com.docker.compose.service`` label)."""
+    readiness: ContainerReadiness = StatusReadiness(mode="status")
+    """How a new container is judged ready: its healthcheck, the status endpoint, a proxy
+    request or (weak) a TCP connect."""
+    api_timeout_s: float = Field(60, gt=0)
 
 
 class KubernetesBackend(Model):

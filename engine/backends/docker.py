@@ -1,0 +1,536 @@
+"""Docker backend: a gateway group is the containers on one Docker host matching some labels.
+
+A slot is a container *name* (``prod-eu/demo-gw-1``); the container behind it is replaced with
+the same configuration (docker_inspect) and the new image:
+
+* **beside** (the default): the replacement starts as ``NAME.upgrade-bot-next``; once it is
+  ready the old container is renamed ``NAME.upgrade-bot-prev``, the replacement takes ``NAME``,
+  and the old one gets the stop signal (SIGQUIT: nginx-based gateways drain what is in flight)
+  and is kept, stopped, so that a rollback is a restart, not a pull;
+* **stop first**, when two containers cannot serve at once: a published host port (two cannot
+  bind it) or the host network. The old container is stopped and kept first, then the
+  replacement starts; the slot is out meanwhile (the plan says so: a load balancer must route
+  around it). A replacement that never gets ready is removed and the kept one restarted.
+
+Each step is an end state found again by name, so a run resumed after ``kill -9`` finishes an
+interrupted swap instead of doubling it. ``finish`` removes the kept containers once the run has
+ended.
+
+Docker Engine API v1.41 (https://docs.docker.com/reference/api/engine/version/v1.41/) through
+docker/docker-py (4e149b629c5c2acecc19718e32d3f6760d08be52, ``docker/api/container.py`` and
+``docker/api/image.py``): each call names its operation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import docker
+
+from .. import config
+from ..errors import NotReadyError, PermanentError, TemporaryError
+from . import readiness as probes
+from .base import PerSlotRollout, SlotInfo
+from .docker_host import call, connect, is_podman
+from .docker_inspect import recreate_body
+from .docker_readiness import wait_healthy
+
+NEXT = ".upgrade-bot-next"
+"""A replacement being started beside the slot's container."""
+PREV = ".upgrade-bot-prev"
+"""The slot's previous container, stopped and kept until the run ends."""
+DISCARD = ".upgrade-bot-discard"
+"""A container a rollback took out of its slot, on its way out."""
+SUFFIXES = (NEXT, PREV, DISCARD)
+VERSION_IN_TAG = re.compile(r"(\d+\.\d+\.\d+(?:\.\d+)?)")
+
+
+def build(group: str, settings: config.DockerBackend) -> DockerBackend:
+    """The backend of ``group`` as its configuration's ``backend`` section describes it."""
+    return DockerBackend(group, settings)
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """The containers of one slot, by name (each an inspect document or None)."""
+
+    current: dict[str, Any] | None
+    next: dict[str, Any] | None
+    prev: dict[str, Any] | None
+    discard: dict[str, Any] | None
+
+
+class DockerBackend(PerSlotRollout):
+    def __init__(
+        self,
+        group: str,
+        settings: config.DockerBackend,
+        *,
+        client: docker.APIClient | None = None,
+        poll_interval_s: float = 0.2,
+    ) -> None:
+        self.group = group
+        self.settings = settings
+        self.poll_interval_s = poll_interval_s
+        self._client = client
+        self._podman: bool | None = None
+
+    # --- the host -----------------------------------------------------------------------------
+
+    async def client(self) -> docker.APIClient:
+        if self._client is None:
+            self._client = await asyncio.to_thread(connect, self.settings)
+        if self._podman is None:
+            # GET /version ("SystemVersion")
+            self._podman = is_podman(await call("ask the engine", self._client.version))
+        return self._client
+
+    async def podman(self) -> bool:
+        await self.client()
+        return bool(self._podman)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await asyncio.to_thread(self._client.close)
+
+    # --- slots --------------------------------------------------------------------------------
+
+    async def containers(self) -> list[dict[str, Any]]:
+        """Every container of the group, kept and interrupted ones too (``GET /containers/json``
+        "ContainerList" with ``all`` and ``label`` filters)."""
+        c = await self.client()
+        labels = [f"{k}={v}" for k, v in sorted(self.settings.labels.items())]
+        found = await call(
+            f"list the containers of {self.group}", c.containers, all=True, filters={"label": labels}
+        )
+        return list(found)
+
+    async def list_slots(self) -> list[SlotInfo]:
+        names = sorted(
+            name
+            for entry in await self.containers()
+            if not (name := _entry_name(entry)).endswith(SUFFIXES)
+        )
+        out = []
+        for name in names:
+            doc = await self.inspect(name)
+            if doc is not None:
+                out.append(await self.slot_info(doc))
+        return out
+
+    async def inspect(self, name: str) -> dict[str, Any] | None:
+        """``GET /containers/{name}/json`` ("ContainerInspect"); None when there is none."""
+        c = await self.client()
+        try:
+            return await call(f"inspect {name}", c.inspect_container, name)
+        except PermanentError:
+            if await self._exists(name):
+                raise
+            return None
+
+    async def _exists(self, name: str) -> bool:
+        c = await self.client()
+        found = await call(f"look for {name}", c.containers, all=True, filters={"name": name})
+        return any(_entry_name(e) == name for e in found)
+
+    async def slot_state(self, name: str) -> SlotState:
+        return SlotState(
+            current=await self.inspect(name),
+            next=await self.inspect(name + NEXT),
+            prev=await self.inspect(name + PREV),
+            discard=await self.inspect(name + DISCARD),
+        )
+
+    def slot_id(self, name: str) -> str:
+        return f"{self.group}/{name}"
+
+    def container_name(self, slot_id: str) -> str:
+        group, sep, name = slot_id.partition("/")
+        if not sep or group != self.group or not name:
+            raise PermanentError(f"slot '{slot_id}' is not in group '{self.group}'")
+        return name
+
+    async def slot_info(self, doc: dict[str, Any]) -> SlotInfo:
+        image = str((doc.get("Config") or {}).get("Image", ""))
+        state = doc.get("State") or {}
+        health = (state.get("Health") or {}).get("Status")
+        return SlotInfo(
+            id=self.slot_id(_name(doc)),
+            image=image,
+            version=version_of(image),
+            ready=bool(state.get("Running")) and health not in ("unhealthy",),
+            digest=await self.digest(str(doc.get("Image", ""))),
+            endpoints=self.endpoints(doc),
+        )
+
+    async def digest(self, image_id: str) -> str | None:
+        """The deployed image's registry digest (``RepoDigests`` of "ImageInspect"), else its
+        ID (a locally built image has no registry digest)."""
+        if not image_id:
+            return None
+        c = await self.client()
+        try:
+            doc = await call(f"inspect image {image_id[:19]}", c.inspect_image, image_id)
+        except PermanentError:
+            return None
+        digests = doc.get("RepoDigests") or []
+        return str(digests[0]).partition("@")[2] or str(digests[0]) if digests else image_id
+
+    def endpoints(self, doc: dict[str, Any]) -> dict[str, str]:
+        """Where the gateway's listeners answer, seen from the bot: a published host port, the
+        host network, or the container's address on its network."""
+        s = self.settings
+        ports = {"proxy": s.proxy_port, "status": s.status_port, "metrics": s.metrics_port}
+        hc = doc.get("HostConfig") or {}
+        net = doc.get("NetworkSettings") or {}
+        published = net.get("Ports") or hc.get("PortBindings") or {}
+        docker_host = _docker_host_address(s.base_url or os.environ.get("DOCKER_HOST"))
+        address = net.get("IPAddress") or next(
+            (n.get("IPAddress") for n in (net.get("Networks") or {}).values() if n.get("IPAddress")),
+            None,
+        )
+        out = {}
+        for name, port in ports.items():
+            bindings = published.get(f"{port}/tcp") or []
+            binding = next((b for b in bindings if b.get("HostPort")), None)
+            if binding is not None:
+                host = binding.get("HostIp") or ""
+                host = docker_host if host in ("", "0.0.0.0", "::") else host
+                out[name] = f"http://{host}:{binding['HostPort']}"
+            elif hc.get("NetworkMode") == "host":
+                out[name] = f"http://{docker_host}:{port}"
+            elif address:
+                out[name] = f"http://{address}:{port}"
+        return out
+
+    def stop_first(self, doc: dict[str, Any]) -> bool:
+        """Whether two containers of this slot cannot run at once: a published host port, or
+        the host network (both bind the same host port)."""
+        hc = doc.get("HostConfig") or {}
+        if hc.get("NetworkMode") == "host":
+            return True
+        return any(
+            b.get("HostPort") for bindings in (hc.get("PortBindings") or {}).values()
+            for b in bindings or []
+        )
+
+    # --- replacing ----------------------------------------------------------------------------
+
+    async def ensure_image(
+        self, slot_id: str, image: str, *, ready_timeout_s: float, fence: str | None = None
+    ) -> SlotInfo:
+        """Bring the slot's container to ``image``, ready (see the module's docstring)."""
+        name = self.container_name(slot_id)
+        state = await self.slot_state(name)
+        restoring = state.prev is not None and _image(state.prev) == image
+        if not restoring:
+            await self.ensure_present(image)
+        state = await self._finish_swap(name, state, image)
+        current = state.current
+        if current is not None and _image(current) == image and _running(current):
+            if not await self._ready(current, ready_timeout_s):
+                raise NotReadyError(f"{slot_id}: {image} is running but not ready")
+            if state.prev is not None and _running(state.prev):
+                await self.stop(state.prev)
+            await self._remove(state.discard)
+            return await self.slot_info(await self._must(name))
+        if restoring:
+            return await self._restore(slot_id, name, state, ready_timeout_s)
+        source = current if current is not None else state.prev
+        assert source is not None
+        if current is None or self.stop_first(source):
+            return await self._replace_stop_first(slot_id, name, state, image, ready_timeout_s)
+        return await self._replace_beside(slot_id, name, state, image, ready_timeout_s)
+
+    async def _finish_swap(self, name: str, state: SlotState, image: str) -> SlotState:
+        """Put a container back on the slot's name after an interrupted swap."""
+        if state.current is not None:
+            return state
+        if state.next is not None and _image(state.next) == image:
+            await self._rename(state.next, name)
+        elif state.prev is not None and _image(state.prev) == image:
+            await self._rename(state.prev, name)  # an interrupted restore
+        elif state.prev is None:
+            raise PermanentError(
+                f"{self.slot_id(name)}: container {name} is gone (removed outside the bot?)"
+            )
+        else:
+            return state  # stopped and kept, replacement not created yet: stop first goes on
+        return await self.slot_state(name)
+
+    async def _replace_beside(
+        self, slot_id: str, name: str, state: SlotState, image: str, timeout_s: float
+    ) -> SlotInfo:
+        current = state.current
+        assert current is not None
+        new = state.next if state.next is not None and _image(state.next) == image else None
+        if new is None:
+            await self._remove(state.next)
+            new = await self._create(current, image, name + NEXT)
+        new = await self._start(new)
+        if not await self._ready(new, timeout_s):
+            await self._remove(new)  # it never took the slot's name: nothing routed to it
+            raise NotReadyError(
+                f"{slot_id}: {image} was not ready within {timeout_s:g}s "
+                f"(the slot keeps serving {_image(current)})"
+            )
+        await self._remove(state.prev)  # kept by an earlier run that did not clean up
+        await self._rename(current, name + PREV)
+        await self._rename(new, name)
+        if self.settings.drain_s:
+            await asyncio.sleep(self.settings.drain_s)
+        await self.stop(current)
+        return await self.slot_info(await self._must(name))
+
+    async def _replace_stop_first(
+        self, slot_id: str, name: str, state: SlotState, image: str, timeout_s: float
+    ) -> SlotInfo:
+        source = state.current
+        if source is not None:
+            await self.stop(source)
+            await self._remove(state.prev)
+            await self._rename(source, name + PREV)
+        else:
+            source = state.prev  # stopped and kept by the interrupted attempt
+        assert source is not None
+        new = await self._start(await self._create(source, image, name))
+        if await self._ready(new, timeout_s):
+            return await self.slot_info(await self._must(name))
+        await self._remove(new)
+        await self._rename(source, name)
+        restarted = await self._start(await self._must(name))
+        await self._ready(restarted, timeout_s)
+        raise NotReadyError(
+            f"{slot_id}: {image} was not ready within {timeout_s:g}s "
+            f"(the slot is back on {_image(source)})"
+        )
+
+    async def _restore(
+        self, slot_id: str, name: str, state: SlotState, timeout_s: float
+    ) -> SlotInfo:
+        """Rollback: restart the kept container (no pull), then retire the current one."""
+        kept, current = state.prev, state.current
+        assert kept is not None
+        fixed = self.stop_first(kept)
+        if current is not None and fixed:
+            await self.stop(current)
+        kept = await self._start(kept)
+        if not await self._ready(kept, timeout_s):
+            raise NotReadyError(f"{slot_id}: the kept {_image(kept)} container is not ready")
+        if current is not None:
+            await self._remove(state.discard)
+            await self._rename(current, name + DISCARD)
+        await self._rename(kept, name)
+        if current is not None:
+            await self.stop(current)
+            await self._remove(await self.inspect(name + DISCARD))
+        return await self.slot_info(await self._must(name))
+
+    async def finish(self) -> list[str]:
+        """The run has ended: remove the containers kept for a rollback and any leftovers.
+        Returns their names."""
+        removed = []
+        for entry in await self.containers():
+            name = _entry_name(entry)
+            if name.endswith(SUFFIXES):
+                await self._remove(await self.inspect(name))
+                removed.append(name)
+        return removed
+
+    # --- images -------------------------------------------------------------------------------
+
+    async def ensure_present(self, image: str) -> None:
+        """The image is on the host, or pulled ("ImageCreate", with the registry credentials
+        of ``registry_auth`` or the Docker config file); otherwise a clear ``PermanentError``."""
+        c = await self.client()
+        try:
+            await call(f"inspect image {image}", c.inspect_image, image)  # "ImageInspect"
+            return
+        except PermanentError:
+            pass
+        repository, tag = _split(image)
+        try:
+            await call(
+                f"pull {image}", c.pull, repository, tag=tag, auth_config=self._auth_config()
+            )
+            await call(f"inspect image {image}", c.inspect_image, image)
+        except (PermanentError, TemporaryError) as exc:
+            raise PermanentError(
+                f"image {image} is not on the Docker host of {self.group} and could not be "
+                f"pulled: {exc}"
+            ) from None
+
+    def _auth_config(self) -> dict[str, str] | None:
+        auth = self.settings.registry_auth
+        if auth is None:
+            return None  # docker-py reads the Docker config file (docker/auth.py)
+        return {
+            "username": os.environ.get(auth.username_env, ""),
+            "password": os.environ.get(auth.password_env, ""),
+            **({"serveraddress": auth.registry} if auth.registry else {}),
+        }
+
+    # --- one container ------------------------------------------------------------------------
+
+    async def _create(self, source: dict[str, Any], image: str, name: str) -> dict[str, Any]:
+        """``POST /containers/create`` ("ContainerCreate") with the source's own configuration
+        and ``image``; docker-py ``create_container_from_config``."""
+        c = await self.client()
+        image_config = None
+        try:
+            old_image = await call("inspect the old image", c.inspect_image, source["Image"])
+            image_config = old_image.get("Config")
+        except PermanentError:
+            pass  # the old image is gone: nothing to tell apart from it
+        body = recreate_body(source, image_config, image, podman=await self.podman())
+        created = await call(f"create {name}", c.create_container_from_config, body, name=name)
+        return await self._must(str(created["Id"]))
+
+    async def _start(self, doc: dict[str, Any]) -> dict[str, Any]:
+        c = await self.client()
+        if not _running(doc):
+            await call(f"start {_name(doc)}", c.start, doc["Id"])  # "ContainerStart"
+        return await self._must(doc["Id"])
+
+    async def stop(self, doc: dict[str, Any]) -> None:
+        """Stop with the configured signal, SIGKILL after ``stop_timeout_s``.
+
+        When the container's own ``StopSignal`` is that signal, the stop API sends it
+        ("ContainerStop", ``t`` seconds before SIGKILL), which also tells the engine not to
+        restart it; otherwise "ContainerKill" with the signal, then a wait, then SIGKILL.
+        """
+        c = await self.client()
+        name, timeout = _name(doc), self.settings.stop_timeout_s
+        fresh = await self.inspect(doc["Id"])
+        if fresh is None or not _running(fresh):
+            return
+        if _stop_signal(fresh) == self.settings.stop_signal:
+            await call(f"stop {name}", c.stop, fresh["Id"], timeout=int(timeout) or 1)
+            return
+        await call(f"signal {name}", c.kill, fresh["Id"], signal=self.settings.stop_signal)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now = await self.inspect(fresh["Id"])
+            if now is None or not _running(now):
+                return
+            await asyncio.sleep(self.poll_interval_s)
+        await call(f"kill {name}", c.kill, fresh["Id"], signal="SIGKILL")
+
+    async def _rename(self, doc: dict[str, Any], name: str) -> None:
+        c = await self.client()
+        await call(f"rename {_name(doc)} to {name}", c.rename, doc["Id"], name)  # ContainerRename
+
+    async def _remove(self, doc: dict[str, Any] | None) -> None:
+        if doc is None:
+            return
+        c = await self.client()
+        try:
+            # "ContainerDelete" with force: a running leftover is killed first.
+            await call(f"remove {_name(doc)}", c.remove_container, doc["Id"], force=True)
+        except PermanentError:
+            if await self.inspect(doc["Id"]) is not None:
+                raise
+
+    async def _must(self, name_or_id: str) -> dict[str, Any]:
+        doc = await self.inspect(name_or_id)
+        if doc is None:
+            raise PermanentError(f"{self.group}: container {name_or_id} vanished mid-run")
+        return doc
+
+    async def _ready(self, doc: dict[str, Any], timeout_s: float) -> bool:
+        readiness = self.settings.readiness
+        if readiness.mode == "healthcheck":
+            ok, _ = await wait_healthy(
+                await self.client(),
+                doc["Id"],
+                timeout_s,
+                podman=await self.podman(),
+                poll_interval_s=self.poll_interval_s,
+            )
+            return ok
+        endpoints = self.endpoints(await self._must(doc["Id"]))
+        probe = await probes.wait_ready(
+            readiness, endpoints, timeout_s, poll_interval_s=self.poll_interval_s
+        )
+        return probe.ready
+
+    # --- preflight ----------------------------------------------------------------------------
+
+    async def preflight(self) -> list[str]:
+        warnings = [f"readiness: {probes.describe(self.settings.readiness)}"]
+        warnings += probes.preflight_warnings(self.settings.readiness)
+        if self.settings.stop_signal != "SIGQUIT":
+            warnings.append(
+                f"containers are stopped with {self.settings.stop_signal}: nginx-based "
+                "gateways cut in-flight requests (use SIGQUIT for a graceful drain)"
+            )
+        for slot in await self.list_slots():
+            doc = await self.inspect(self.container_name(slot.id))
+            if doc is None:
+                continue
+            if self.stop_first(doc):
+                warnings.append(
+                    f"{slot.id}: a published host port (or the host network) means the old "
+                    "container stops before the new one starts; the slot is briefly out and "
+                    "the load balancer must route around it"
+                )
+            policy = ((doc.get("HostConfig") or {}).get("RestartPolicy") or {}).get("Name")
+            if policy in ("always", "unless-stopped") and _stop_signal(doc) != (
+                self.settings.stop_signal
+            ):
+                warnings.append(
+                    f"{slot.id}: restart policy '{policy}' and STOPSIGNAL {_stop_signal(doc)}: "
+                    f"after {self.settings.stop_signal} the engine may restart the old container"
+                )
+        return warnings
+
+
+def version_of(image: str) -> str | None:
+    tag = _split(image)[1]
+    match = VERSION_IN_TAG.search(tag or "")
+    return match.group(1) if match else None
+
+
+def _split(image: str) -> tuple[str, str]:
+    """``repo/name:tag`` → (``repo/name``, ``tag``); a port in the registry is not a tag."""
+    repository, sep, tag = image.rpartition(":")
+    if not sep or "/" in tag:
+        return image, "latest"
+    return repository, tag
+
+
+def _docker_host_address(base_url: str | None) -> str:
+    """Where published ports are reached: the host of a ``tcp://`` Docker host, else local."""
+    if base_url and base_url.startswith(("tcp://", "http://", "https://")):
+        return urlsplit(base_url.replace("tcp://", "http://", 1)).hostname or "127.0.0.1"
+    return "127.0.0.1"
+
+
+def _entry_name(entry: dict[str, Any]) -> str:
+    names = entry.get("Names") or [""]
+    return str(names[0]).lstrip("/")
+
+
+def _name(doc: dict[str, Any]) -> str:
+    return str(doc.get("Name", "")).lstrip("/") or str(doc.get("Id", ""))[:12]
+
+
+def _image(doc: dict[str, Any]) -> str:
+    return str((doc.get("Config") or {}).get("Image", ""))
+
+
+def _running(doc: dict[str, Any]) -> bool:
+    return bool((doc.get("State") or {}).get("Running"))
+
+
+def _stop_signal(doc: dict[str, Any]) -> str:
+    raw = (doc.get("Config") or {}).get("StopSignal") or "SIGTERM"
+    from .docker_inspect import _normal_signal
+
+    return str(_normal_signal(raw))
