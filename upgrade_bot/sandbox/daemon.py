@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .containers import ContainerFleet, container_project
 from .controlplane import ControlPlaneState, serve_control_plane
 from .fleet import Fleet, FleetError
 from .frontdoor import FrontDoor
@@ -62,7 +63,14 @@ class Sandbox:
         self._runners.append(cp_runner)
         cp_url = f"http://127.0.0.1:{cp_port}"
 
-        self.fleet = Fleet(self.spec, cp_url=cp_url, tag=str(self.dir))
+        if self.spec.backend == "docker":
+            self.fleet = ContainerFleet(  # type: ignore[assignment]
+                self.spec,
+                docker_host=str(self.spec.docker_host),
+                project=container_project(self.dir),
+            )
+        else:
+            self.fleet = Fleet(self.spec, cp_url=cp_url, tag=str(self.dir))
         await self.fleet.start_initial()
         for group in self.spec.groups:
             door = FrontDoor(
