@@ -173,8 +173,9 @@ class DockerBackend(Model):
     """SIGQUIT drains nginx-based gateways; SIGTERM drops in-flight requests."""
     stop_timeout_s: float = Field(60, gt=0)
     drain_s: float = Field(0, ge=0)
-    """Wait between the replacement being ready and the old container's stop signal, so that
-    a load balancer's health check has seen the new one."""
+    """Wait after a replacement is ready before an instance is taken out (the old container's
+    stop signal, or with stop-first the next slot's), so that the load balancer's health check
+    has seen the new one."""
     proxy_port: int = Field(9080, ge=1, le=65535)
     status_port: int = Field(7085, ge=1, le=65535)
     metrics_port: int = Field(9091, ge=1, le=65535)

@@ -76,6 +76,17 @@ def ensure_installed() -> None:
     )
 
 
+def mounts_under(directory: Path) -> list[str]:
+    """Mount points at or below ``directory`` (``/proc/self/mounts``, Linux)."""
+    prefix = str(directory)
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return []
+    points = [line.split()[1].replace("\\040", " ") for line in lines if len(line.split()) > 1]
+    return [p for p in points if p == prefix or p.startswith(prefix + "/")]
+
+
 class PodmanService:
     """One podman API service with its own storage under ``directory``."""
 
@@ -142,6 +153,13 @@ class PodmanService:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        self.unmount()
+
+    def unmount(self) -> None:
+        """Undo the mounts podman's storage leaves under the folder (overlay mounts itself on
+        ``graph/overlay``), so that the folder can be removed."""
+        for point in sorted(mounts_under(self.dir), key=len, reverse=True):
+            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
 
     def _log_tail(self) -> str:
         with contextlib.suppress(OSError):

@@ -107,7 +107,10 @@ class DockerBackend(PerSlotRollout):
         c = await self.client()
         labels = [f"{k}={v}" for k, v in sorted(self.settings.labels.items())]
         found = await call(
-            f"list the containers of {self.group}", c.containers, all=True, filters={"label": labels}
+            f"list the containers of {self.group}",
+            c.containers,
+            all=True,
+            filters={"label": labels},
         )
         return list(found)
 
@@ -192,7 +195,11 @@ class DockerBackend(PerSlotRollout):
         published = net.get("Ports") or hc.get("PortBindings") or {}
         docker_host = _docker_host_address(s.base_url or os.environ.get("DOCKER_HOST"))
         address = net.get("IPAddress") or next(
-            (n.get("IPAddress") for n in (net.get("Networks") or {}).values() if n.get("IPAddress")),
+            (
+                n.get("IPAddress")
+                for n in (net.get("Networks") or {}).values()
+                if n.get("IPAddress")
+            ),
             None,
         )
         out = {}
@@ -216,7 +223,8 @@ class DockerBackend(PerSlotRollout):
         if hc.get("NetworkMode") == "host":
             return True
         return any(
-            b.get("HostPort") for bindings in (hc.get("PortBindings") or {}).values()
+            b.get("HostPort")
+            for bindings in (hc.get("PortBindings") or {}).values()
             for b in bindings or []
         )
 
@@ -301,6 +309,8 @@ class DockerBackend(PerSlotRollout):
         assert source is not None
         new = await self._start(await self._create(source, image, name))
         if await self._ready(new, timeout_s):
+            if self.settings.drain_s:
+                await asyncio.sleep(self.settings.drain_s)  # before the next slot goes out
             return await self.slot_info(await self._must(name))
         await self._remove(new)
         await self._rename(source, name)

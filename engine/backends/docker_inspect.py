@@ -66,9 +66,7 @@ def recreate_body(
             continue
         if key == "WorkingDir" and value == "/" and not image_config.get(key):
             continue  # podman reports "/" where Docker reports "" (not set)
-        if key == "StopSignal" and _normal_signal(value) == _normal_signal(
-            image_config.get(key)
-        ):
+        if key == "StopSignal" and _normal_signal(value) == _normal_signal(image_config.get(key)):
             continue
         body[key] = _normal_signal(value) if key == "StopSignal" else value
     hostname = config.get("Hostname")
@@ -89,11 +87,7 @@ def own_env(env: list[str], image_env: list[str], *, podman: bool) -> list[str]:
     dropped = set(image_env) | {DEFAULT_PATH}
     if podman:
         dropped |= set(PODMAN_ENV)
-    return [
-        e
-        for e in env
-        if e not in dropped and not (podman and e.startswith("HOSTNAME="))
-    ]
+    return [e for e in env if e not in dropped and not (podman and e.startswith("HOSTNAME="))]
 
 
 def own_labels(labels: dict[str, str], image_labels: dict[str, str]) -> dict[str, str]:

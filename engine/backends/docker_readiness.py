@@ -36,8 +36,12 @@ async def wait_healthy(
     seen = "not looked at yet"
     while True:
         if podman:
-            await call(f"run the healthcheck of {container_id[:12]}", _run_podman_check, client,
-                       container_id)
+            await call(
+                f"run the healthcheck of {container_id[:12]}",
+                _run_podman_check,
+                client,
+                container_id,
+            )
         doc = await call(f"inspect {container_id[:12]}", client.inspect_container, container_id)
         state = doc.get("State") or {}
         health = state.get("Health")

@@ -140,8 +140,10 @@ class ContainerFleet:
         python = sys.executable
         ports = None
         if self.spec.fixed_ports:
-            ports = {f"{p}/tcp": ("127.0.0.1", free_port()) for p in (PROXY_PORT, STATUS_PORT,
-                                                                     METRICS_PORT)}
+            ports = {
+                f"{p}/tcp": ("127.0.0.1", free_port())
+                for p in (PROXY_PORT, STATUS_PORT, METRICS_PORT)
+            }
         # POST /containers/create + /start ("ContainerCreate", "ContainerStart"), the way
         # docker-compose creates a service's containers (its labels, one name per number).
         self.client.containers.run(
@@ -231,8 +233,11 @@ class ContainerFleet:
                 continue
             urls = endpoints(doc)
             members[group].append(
-                Member(id=f"{doc['ListedName']}@{doc['Id'][:12]}", proxy_url=urls["proxy"],
-                       status_url=urls["status"])
+                Member(
+                    id=f"{doc['ListedName']}@{doc['Id'][:12]}",
+                    proxy_url=urls["proxy"],
+                    status_url=urls["status"],
+                )
             )
             await self._observe(group, doc, urls)
         self._members = members

@@ -235,6 +235,9 @@ def backend_section(
         "labels": {PROJECT_LABEL: container_project(directory), SERVICE_LABEL: group},
         "readiness": {"mode": "status"},
         "stop_timeout_s": 30,
+        # The front doors see a new member within two health-check rounds (members are read
+        # every 0.2 s, checked every 0.2 s): wait that long before another goes out.
+        "drain_s": 1.0,
     }
 
 
