@@ -1020,13 +1020,15 @@ def plan_group_line(
     total: int,
     batch_size: int,
     unready: int,
+    readiness: str = "",
 ) -> str:
     prod = " :rotating_light:" if production else ""
     now = " · ".join(f"{esc(v)} {TIMES}{c}" for v, c in sorted(versions.items())) or "no instances"
     extra = f" · :warning: {unready} not ready" if unready else ""
+    ready = f"\n    ready when: {esc(readiness)}" if readiness else ""
     return (
         f"{n}. *{esc(name)}*{prod} {now} · {to_replace}/{total} to replace · "
-        f"batch {batch_size}{extra}"
+        f"batch {batch_size}{extra}{ready}"
     )
 
 

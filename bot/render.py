@@ -949,6 +949,7 @@ def plan_message(plan: Plan, *, command: str = msg.DEFAULT_COMMAND) -> Message:
                 len(slots),
                 int(g.get("batch_size", 1)),
                 sum(1 for s in slots if not s.get("ready")),
+                str(g.get("readiness") or ""),
             )
         )
     blocks += _sections(lines, hint, MAX_BLOCKS - len(blocks) - 2)

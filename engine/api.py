@@ -12,11 +12,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .config import Config
+from .config import Config, Group
 from .decide import OVERRIDES, Command, Decision, allowed, initial_run, plan_groups
 from .errors import Duplicate, Refused, UnknownRun
 from .feed import EventFeed
 from .model import Run
+from .readiness import describe as describe_readiness
 from .runner import Clock, DriveResult, LeaseBusy, Performer, Runner, SystemClock, no_checkpoint
 from .schema import Unresumable, load_run, plan_hash
 from .store import Record, Store
@@ -121,6 +122,7 @@ class Engine:
                         {k: s.get(k) for k in ("id", "version", "image", "ready")} for s in slots
                     ],
                     "to_replace": sum(1 for s in slots if s["image"] != g.target_image),
+                    "readiness": readiness_of(self.config.group(g.name)),
                 }
             )
         current = min(versions, key=Version) if versions else None
@@ -305,3 +307,9 @@ class Engine:
 def _check_version(target: str) -> None:
     if not is_version(target):
         raise Refused(f"'{target}' is not a version like 3.8.1")
+
+
+def readiness_of(group: Group) -> str:
+    """How the group's instances are judged ready, in words (preflight shows it per group)."""
+    settings = getattr(group.backend, "readiness", None)
+    return describe_readiness(settings) if settings is not None else "the runtime's own readiness"

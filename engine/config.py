@@ -136,6 +136,7 @@ Readiness = StatusReadiness | TcpReadiness | ProxyReadiness | HealthcheckReadine
 class LocalBackend(Model):
     type: Literal["local"]
     sandbox_url: str = Field(pattern=r"^https?://")
+    readiness: ProcessReadiness = StatusReadiness(mode="status")
     stop_signal: Literal["SIGQUIT", "SIGTERM"] = "SIGQUIT"
     """SIGTERM cuts in-flight requests; it exists for the sandbox's negative control."""
     stop_timeout_s: float = Field(60, gt=0)

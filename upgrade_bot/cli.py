@@ -15,7 +15,7 @@ from .engine import EngineError, LeaseBusy, Refused, Unresumable, Version, is_ve
 from .engine.config import load_config
 from .engine.errors import ConfigError, GroupBusy
 from .sandbox import manage
-from .sandbox.spec import SandboxSpec, group_names, parse_fault
+from .sandbox.spec import READINESS_MODES, SandboxSpec, group_names, parse_fault
 
 EXIT_OK = headless.EXIT_COMPLETED
 EXIT_USAGE = headless.EXIT_USAGE
@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--rate", type=float, default=150.0, help="requests/s across all groups")
     up.add_argument("--latency-ms", type=float, default=50.0, help="simulated upstream latency")
     up.add_argument(
+        "--readiness",
+        choices=READINESS_MODES,
+        default="status",
+        help="how the written bot config judges an instance ready",
+    )
+    up.add_argument(
         "--fault",
         type=_fault,
         action="append",
@@ -115,6 +121,7 @@ def sandbox_spec(args: argparse.Namespace) -> SandboxSpec:
         faults=faults,
         rate_per_s=args.rate,
         latency_ms=args.latency_ms,
+        readiness=args.readiness,
         cp_version=args.cp_version or str(max(Version(args.version), Version("3.8.1"))),
     )
 

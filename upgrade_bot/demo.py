@@ -27,7 +27,7 @@ from .engine import Run, ms, pct
 from .engine.config import load_config
 from .headless import EXIT_COMPLETED, EXIT_FAILED, EXIT_ROLLED_BACK
 from .sandbox import manage
-from .sandbox.spec import SandboxSpec, group_names, parse_fault
+from .sandbox.spec import READINESS_MODES, SandboxSpec, group_names, parse_fault
 from .serve import serving
 from .slackstub import SlackStub, buttons
 from .wiring import engine_for
@@ -46,6 +46,12 @@ def add_arguments(demo: argparse.ArgumentParser, version_type: Any, positive: An
     demo.add_argument("--to", dest="to_version", type=version_type, default="3.8.1")
     demo.add_argument("--bad-release", choices=BAD_RELEASES, default=None)
     demo.add_argument("--report", type=Path, default=None)
+    demo.add_argument(
+        "--readiness",
+        choices=READINESS_MODES,
+        default="status",
+        help="how the bot judges a new instance ready (the groups' backend.readiness.mode)",
+    )
     demo.add_argument("--rate", type=float, default=150.0)
     demo.add_argument(
         "--quiet", action="store_true", help="print only the report, not the live transcript"
@@ -202,6 +208,7 @@ def demo_spec(args: argparse.Namespace) -> SandboxSpec:
         cp_version=args.to_version,
         faults=faults,
         rate_per_s=args.rate,
+        readiness=args.readiness,
     )
 
 

@@ -152,6 +152,7 @@ async def cmd_plan(args: argparse.Namespace) -> int:
             f"  {i}. {g['name']}{prod}: {g['to_replace']}/{len(g['slots'])} slot(s) → "
             f"{g['image']}, {g['batch_size']} at a time, then an approval gate"
         )
+        print(f"     ready when: {g['readiness']}")
     cp = plan.control_plane
     print(f"  control plane: {cp.get('version') or cp.get('skipped')}")
     print(f"  backup: {plan.backup}")

@@ -1,16 +1,15 @@
 """Local backend: slots are gateway simulator processes of the sandbox.
 
 It replaces an instance the way a careful operator does: start the replacement beside the old
-one, wait until ``/status/ready`` answers 200, hand the slot over, then stop the old instance
+one, wait until it is ready (the group's ``readiness``: by default ``/status/ready`` answers
+200; see :mod:`.readiness`), hand the slot over, then stop the old instance
 with SIGQUIT so that it stops accepting and finishes what is in flight. ``stop_signal="SIGTERM"``
 exists only as the sandbox's negative control: it cuts in-flight requests.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import time
 from typing import Any
 
 import httpx
@@ -18,6 +17,7 @@ import httpx
 from .. import config
 from ..errors import NotReadyError, PermanentError, TemporaryError
 from .base import PerSlotRollout, SlotInfo
+from .readiness import Probe, preflight_warnings, wait_ready
 
 FENCE_HEADER = "X-Upgrade-Fence"
 
@@ -29,6 +29,7 @@ def build(group: str, settings: config.LocalBackend) -> LocalBackend:
         settings.sandbox_url,
         stop_signal=settings.stop_signal,
         stop_timeout_s=settings.stop_timeout_s,
+        readiness=settings.readiness,
     )
 
 
@@ -40,12 +41,14 @@ class LocalBackend(PerSlotRollout):
         *,
         stop_signal: str = "SIGQUIT",
         stop_timeout_s: float = 60.0,
+        readiness: config.Readiness = config.StatusReadiness(mode="status"),
         poll_interval_s: float = 0.1,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         self.group = group
         self.stop_signal = stop_signal
         self.stop_timeout_s = stop_timeout_s
+        self.readiness = readiness
         self.poll_interval_s = poll_interval_s
         self._client = client or httpx.AsyncClient(base_url=sandbox_url, timeout=30.0)
 
@@ -88,11 +91,12 @@ class LocalBackend(PerSlotRollout):
                 "POST", f"/slots/{slot_id}/instances", json={"image": image}, headers=headers
             )
         )
-        if not await self._wait_ready(new["id"], ready_timeout_s):
+        probe = await self._wait_ready(new["id"], ready_timeout_s)
+        if not probe.ready:
             await self._stop(new["id"], "SIGTERM", headers)  # it never received traffic
             raise NotReadyError(
                 f"{slot_id}: {image} was not ready within {ready_timeout_s:g}s "
-                f"(the slot keeps serving {slot.get('image')})"
+                f"(last probe: {probe.detail}; the slot keeps serving {slot.get('image')})"
             )
         await self._call(
             "POST", f"/slots/{slot_id}/activate", json={"instance": new["id"]}, headers=headers
@@ -117,27 +121,19 @@ class LocalBackend(PerSlotRollout):
             headers=headers,
         )
 
-    async def _wait_ready(self, inst_id: str, timeout_s: float) -> bool:
-        """Poll the instance's own status listener, as a kubelet readiness probe would."""
+    async def _wait_ready(self, inst_id: str, timeout_s: float) -> Probe:
+        """Probe the instance itself, as a kubelet readiness probe would."""
         info = await self._call("GET", f"/instances/{inst_id}")
-        url = info["endpoints"]["status"] + "/status/ready"
-        deadline = time.monotonic() + timeout_s
-        async with httpx.AsyncClient(timeout=2.0) as probe:
-            while time.monotonic() < deadline:
-                try:
-                    if (await probe.get(url)).status_code == 200:
-                        return True
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(self.poll_interval_s)
-        return False
+        return await wait_ready(
+            self.readiness, info["endpoints"], timeout_s, poll_interval_s=self.poll_interval_s
+        )
 
     def _check_slot(self, slot_id: str) -> None:
         if not slot_id.startswith(self.group + "/"):
             raise PermanentError(f"slot '{slot_id}' is not in group '{self.group}'")
 
     async def preflight(self) -> list[str]:
-        warnings = []
+        warnings = preflight_warnings(self.readiness)
         if self.stop_signal != "SIGQUIT":
             warnings.append(
                 f"instances are stopped with {self.stop_signal}: in-flight requests will be cut "

@@ -36,6 +36,9 @@ from ..config import (
     StatusReadiness,
     TcpReadiness,
 )
+from ..readiness import describe, preflight_warnings
+
+__all__ = ["Probe", "describe", "preflight_warnings", "probe_once", "wait_ready"]
 
 PROBE_USER_AGENT = "upgrade-bot-readiness/1"
 """Sent with every HTTP probe, so that a gateway's access log tells probes from users."""
@@ -49,34 +52,6 @@ class Probe:
     ready: bool
     detail: str
     """What was seen: ``200 from /status/ready``, ``connection refused``..."""
-
-
-def describe(readiness: Readiness) -> str:
-    """How a group's instances are judged ready, in words for the plan and preflight."""
-    match readiness:
-        case StatusReadiness(path=path):
-            return f"status endpoint (GET {path} answers 200)"
-        case TcpReadiness():
-            return "TCP connect to the proxy port only"
-        case ProxyReadiness(path=path, expect_status=expect):
-            wanted = (
-                "status " + "/".join(str(c) for c in expect) if expect else "neither 404 nor 5xx"
-            )
-            return f"proxy probe (GET {path} through the instance answers {wanted})"
-        case HealthcheckReadiness():
-            return "the container's own healthcheck"
-    raise TypeError(f"unknown readiness {readiness!r}")
-
-
-def preflight_warnings(readiness: Readiness) -> list[str]:
-    """What preflight says about a weak readiness choice."""
-    if isinstance(readiness, TcpReadiness):
-        return [
-            "readiness is only a TCP connect: a gateway accepts connections before it has its "
-            "routes and answers 404 meanwhile; use readiness mode 'status' (APISIX 3.13+, or "
-            "API7 with status_endpoint enabled) or 'proxy'"
-        ]
-    return []
 
 
 def expected(readiness: ProxyReadiness, status: int) -> bool:

@@ -78,6 +78,10 @@ class Sandbox:
                 members=lambda g=group: self.fleet.members(g),  # type: ignore[union-attr]
                 health_interval_s=self.spec.health_interval_s,
                 health_timeout_s=self.spec.health_timeout_s,
+                # A load balancer's own check; a container healthcheck is the runtime's.
+                health_check="status"
+                if self.spec.readiness == "healthcheck"
+                else self.spec.readiness,
             )
             await door.start()
             self.front_doors[group] = door

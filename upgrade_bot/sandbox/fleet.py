@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 SIGNALS = {"SIGQUIT": signal.SIGQUIT, "SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}
 HANDOVER_TIMEOUT_S = 2.0  # see Fleet._wait_handed_over
 HANDOVER_POLL_S = 0.02
+OBSERVER = {"User-Agent": "sandbox-fleet/1"}
+"""The fleet's own requests to an instance are not user traffic (simulator.PROBE_AGENTS)."""
 SANDBOX_TAG_ENV = "UPGRADE_BOT_SANDBOX"  # see tagged_processes
 
 
@@ -367,7 +369,7 @@ class Fleet:
     async def observe_version(self, inst: Instance) -> str:
         """The version an instance shows from outside: Server header and apisix_node_info."""
         session = await self._http()
-        async with session.get(inst.proxy_url + "/") as resp:
+        async with session.get(inst.proxy_url + "/", headers=OBSERVER) as resp:
             server = resp.headers.get("Server", "")
         async with session.get(inst.metrics_url + "/apisix/prometheus/metrics") as resp:
             text = await resp.text()
@@ -388,7 +390,10 @@ class Fleet:
         return header_version
 
     async def activate(self, slot_id: str, inst_id: str) -> dict[str, object]:
-        """Make ``inst_id`` the instance of ``slot_id`` (it must be ready) and record the change."""
+        """Make ``inst_id`` the instance of ``slot_id`` and record the change.
+
+        Like a container runtime, the fleet does what it is told: whether the instance was
+        ready is the caller's readiness check to judge (a TCP-only check hands over early)."""
         async with self._lock:
             slot = self.slots.get(slot_id)
             if slot is None:
@@ -399,8 +404,6 @@ class Fleet:
             previous = slot.current
             if previous == inst_id:
                 return {"slot": slot_id, "previous": previous, "changed": False}
-            if not await self.is_ready(inst_id):
-                raise FleetError(f"instance {inst_id} is not ready", status=409)
             await self._collect_stats(inst)
             version = await self.observe_version(inst)
             if slot.version is not None and version != slot.version:

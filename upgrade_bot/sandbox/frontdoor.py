@@ -57,6 +57,21 @@ HOP_BY_HOP = frozenset(
 )
 
 
+HEALTH_CHECKS = ("status", "proxy", "tcp")
+"""How members are checked, as the group's runtime would (a Service follows the pods'
+readiness probe): ``/status/ready`` answers 200, a proxied request is answered with neither 404
+nor 5xx, or the proxy port accepts a connection."""
+HEALTH_AGENT = {"User-Agent": "sandbox-front-door/1"}
+
+
+def _status_ok(status: int) -> bool:
+    return status == 200
+
+
+def _proxy_ok(status: int) -> bool:
+    return status != 404 and status < 500
+
+
 @dataclass(frozen=True)
 class Member:
     """One gateway instance: ``proxy_url`` takes traffic, ``status_url`` answers readiness."""
@@ -117,9 +132,13 @@ class FrontDoor:
         health_interval_s: float = 0.2,
         upstream_timeout_s: float = 10.0,
         health_timeout_s: float = 1.0,
+        health_check: str = "status",
     ) -> None:
         if health_interval_s <= 0 or upstream_timeout_s <= 0 or health_timeout_s <= 0:
             raise ValueError("intervals and timeouts must be positive")
+        if health_check not in HEALTH_CHECKS:
+            raise ValueError(f"health_check must be one of {', '.join(HEALTH_CHECKS)}")
+        self.health_check = health_check
         self.name = name
         self._members_fn = members
         self._host = host
@@ -261,11 +280,10 @@ class FrontDoor:
 
     async def _watch(self, member: Member, state: _MemberState) -> None:
         loop = asyncio.get_running_loop()
-        url = member.status_url.rstrip("/") + "/status/ready"
         while True:
             started = loop.time()
             epoch = state.epoch
-            ok = await self._check(url)
+            ok = await self._check(member)
             if state.epoch == epoch:  # a mark-down during the check wins over its result
                 if ok != state.healthy:
                     log.info(
@@ -278,16 +296,33 @@ class FrontDoor:
             elapsed = loop.time() - started
             await asyncio.sleep(max(0.0, self.health_interval_s - elapsed))
 
-    async def _check(self, url: str) -> bool:
+    async def _check(self, member: Member) -> bool:
+        """The member's health as the group's runtime judges it (``health_check``)."""
+        if self.health_check == "tcp":
+            url = URL(member.proxy_url)
+            try:
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection(url.host, url.port), self.health_timeout_s
+                )
+            except (OSError, TimeoutError):
+                return False
+            writer.close()
+            return True
+        if self.health_check == "proxy":
+            url, ok = member.proxy_url.rstrip("/") + "/", _proxy_ok
+        else:
+            url, ok = member.status_url.rstrip("/") + "/status/ready", _status_ok
         session = self._health_session
         if session is None:
             return False
         try:
             async with session.get(
-                url, timeout=aiohttp.ClientTimeout(total=self.health_timeout_s)
+                url,
+                headers=HEALTH_AGENT,
+                timeout=aiohttp.ClientTimeout(total=self.health_timeout_s),
             ) as resp:
                 await resp.read()
-                return resp.status == 200
+                return ok(resp.status)
         except Exception:
             return False
 

@@ -228,12 +228,16 @@ def backend_section(
     """How the bot reaches the group's instances: the sandbox's control API, or (docker) the
     Docker host and the group's compose labels."""
     if spec.backend != "docker":
-        return {"type": "local", "sandbox_url": state["control_url"]}
+        return {
+            "type": "local",
+            "sandbox_url": state["control_url"],
+            "readiness": {"mode": spec.readiness},
+        }
     return {
         "type": "docker",
         "base_url": spec.docker_host,
         "labels": {PROJECT_LABEL: container_project(directory), SERVICE_LABEL: group},
-        "readiness": {"mode": "status"},
+        "readiness": {"mode": spec.readiness},
         "stop_timeout_s": 30,
         # The front doors see a new member within two health-check rounds (members are read
         # every 0.2 s, checked every 0.2 s): wait that long before another goes out.

@@ -41,6 +41,10 @@ ENV_PREFIX = "GATEWAY_"
 METRICS_PATH = "/apisix/prometheus/metrics"
 HEARTBEAT_PATH = "/api/dataplane/heartbeat"
 MOCK_ROUTE = "/smoke"
+PROBE_AGENTS = ("upgrade-bot-readiness/", "sandbox-")
+"""User-Agents of probes, not users: the bot's readiness probe through the proxy port
+(engine.backends.readiness.PROBE_USER_AGENT) and the sandbox's own front-door health checks and
+version observations."""
 """Answered by the gateway itself, like a route with APISIX's mocking plugin (smoke target)."""
 # DEFAULT_BUCKETS of apisix/plugins/prometheus/exporter.lua (milliseconds, 1 ms to 60 s).
 LATENCY_BUCKETS_MS: tuple[float, ...] = (
@@ -607,8 +611,10 @@ class Gateway:
         try:
             body = await request.read()
             if not self.ready:
-                # real APISIX answers this until its workers have loaded the routes
-                self.served_before_ready += 1
+                # real APISIX answers this until its workers have loaded the routes. The bot's
+                # own readiness probe is not user traffic served too early.
+                if not request.headers.get("User-Agent", "").startswith(PROBE_AGENTS):
+                    self.served_before_ready += 1
                 response = web.Response(
                     status=404,
                     text='{"error_msg":"404 Route Not Found"}\n',

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 GROUP_NAMES = ["prod-eu", "prod-us", "prod-ap", "prod-sa", "prod-af", "prod-me", "prod-oc"]
+READINESS_MODES = ("status", "proxy", "tcp")
 FAULT_KINDS = ("never-ready", "slow-start", "errors", "latency", "no-cp")
 VERSION_IN_TAG = re.compile(r"(\d+\.\d+\.\d+)")
 
@@ -90,6 +91,9 @@ class SandboxSpec:
     ready_delay_s: float = 0.5
     cp_version: str | None = None
     heartbeat_interval_s: float = 1.0
+    readiness: str = "status"
+    """How the bot's config judges an instance ready (``backend.readiness.mode``): status,
+    proxy or tcp."""
     health_interval_s: float = 0.2
     health_timeout_s: float = 5.0
     """How long a front door's readiness check may take. Generous on purpose: on a loaded
