@@ -63,8 +63,9 @@ async def wait_healthy(
 
 
 def _run_podman_check(client: docker.APIClient, container_id: str) -> None:
-    # libpod's endpoints live beside the compat ones, without the Docker API version prefix.
-    resp = client._get(f"{client.base_url}/libpod/containers/{container_id}/healthcheck")
+    # libpod's endpoints live beside the compat ones under their own version prefix
+    # (``/v4.0.0/libpod/…``; podman 4.3 answers 404 without one, found by trial).
+    resp = client._get(f"{client.base_url}/v4.0.0/libpod/containers/{container_id}/healthcheck")
     if resp.status_code == 409:  # "container has no defined healthcheck" or not running
         return
     client._raise_for_status(resp)

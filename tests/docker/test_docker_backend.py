@@ -16,6 +16,7 @@ import docker
 import pytest
 
 from upgrade_bot.engine.backends.docker import NEXT, PREV
+from upgrade_bot.engine.backends.docker_inspect import differences
 from upgrade_bot.engine.errors import NotReadyError, PermanentError
 from upgrade_bot.sandbox.spec import Fault
 
@@ -164,4 +165,72 @@ async def test_a_rollback_restarts_the_kept_containers_and_fails_no_request(
         assert delta["failed"] == 0, delta
         # The replaced ones are gone, not kept: nothing for `finish` but nothing orphaned either.
         assert not [n for n in names(docker_client, fleet.settings.labels) if n.endswith(NEXT)]
+        await backend.close()
+
+
+async def test_each_readiness_mode_upgrades_and_a_tcp_only_group_is_warned(
+    sandboxes: Sandboxes, docker_host: str
+) -> None:
+    async with container_fleet(sandboxes, docker_host, rate_per_s=20.0) as fleet:
+        steps = [("status", NEW), ("proxy", "3.8.2"), ("healthcheck", "3.8.3"), ("tcp", "3.9.0")]
+        for mode, version in steps:
+            backend = fleet.backend(readiness={"mode": mode})
+            warnings = await backend.preflight()
+            assert warnings[0].startswith("readiness: "), warnings
+            assert any("only a TCP connect" in w for w in warnings) == (mode == "tcp"), warnings
+            rollout = await backend.ensure_group(fleet.image(version), ready_timeout_s=30)
+            assert rollout.complete, (mode, rollout.failed)
+            assert {s.version for s in await backend.list_slots()} == {version}
+            await backend.close()
+
+
+async def test_a_replacement_keeps_the_containers_configuration_except_its_image(
+    sandboxes: Sandboxes, docker_host: str, docker_client: docker.DockerClient
+) -> None:
+    """The inspect documents before and after, compared field by field: only the image (and
+    what comes with it: its ENV and labels) and what the engine assigns may differ."""
+    async with container_fleet(sandboxes, docker_host, rate_per_s=10.0, fixed_ports=True) as fleet:
+        backend = fleet.backend()
+        [first, *_] = await backend.list_slots()
+        name = first.id.split("/", 1)[1]
+        before = docker_client.api.inspect_container(name)
+        assert (
+            await backend.ensure_group(fleet.image(NEW), slots=[first.id], ready_timeout_s=30)
+        ).complete
+        after = docker_client.api.inspect_container(name)
+        assert after["Id"] != before["Id"]
+        engine_assigned = (
+            "Id",
+            "Created",
+            "State",
+            "Image",
+            "ResolvConfPath",
+            "HostnamePath",
+            "HostsPath",
+            "LogPath",
+            "GraphDriver",
+            "NetworkSettings",
+            "Mounts",
+            "Config.Hostname",
+            "RestartCount",
+            "Path",
+            "Args",
+        )
+        changed = [
+            path for path in differences(before, after) if not path.startswith(engine_assigned)
+        ]
+        assert sorted(changed) == [
+            "Config.Env",
+            "Config.Image",
+            "Config.Labels.org.opencontainers.image.version",
+        ], changed
+        # The environment differs only by the image's own entries.
+        old_env, new_env = set(before["Config"]["Env"]), set(after["Config"]["Env"])
+        assert {e.partition("=")[0] for e in old_env ^ new_env} <= {"GATEWAY_VERSION", "HOSTNAME"}
+        assert after["Config"]["Image"] == fleet.image(NEW)
+        # What an operator set is there, field by field.
+        for key in ("Binds", "PortBindings", "RestartPolicy", "Ulimits", "Init", "NetworkMode"):
+            assert after["HostConfig"][key] == before["HostConfig"][key], key
+        for key in ("Cmd", "Healthcheck", "StopSignal", "User", "WorkingDir", "Entrypoint"):
+            assert after["Config"][key] == before["Config"][key], key
         await backend.close()
