@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import podman
 from .bot.settings import slack_settings
 from .engine import Run, ms, pct
 from .engine.config import load_config
@@ -53,6 +55,13 @@ def add_arguments(demo: argparse.ArgumentParser, version_type: Any, positive: An
         help="how the bot judges a new instance ready (the groups' backend.readiness.mode)",
     )
     demo.add_argument("--rate", type=float, default=150.0)
+    demo.add_argument(
+        "--backend",
+        choices=("local", "docker"),
+        default="local",
+        help="gateways as local processes, or as containers on DOCKER_HOST (default: a podman "
+        "service started under --dir)",
+    )
     demo.add_argument(
         "--quiet", action="store_true", help="print only the report, not the live transcript"
     )
@@ -196,7 +205,28 @@ class Rehearsal:
     """The Slack stand-in (stopped): every Web API call the bot made is in its record."""
 
 
-def demo_spec(args: argparse.Namespace) -> SandboxSpec:
+@asynccontextmanager
+async def docker_host(args: argparse.Namespace) -> AsyncIterator[str | None]:
+    """The Docker host of ``--backend docker``: ``DOCKER_HOST`` when set, else a podman
+    service of the demo's own under ``--dir`` (podman installed first when missing, as root on
+    Debian). None for the local backend."""
+    if getattr(args, "backend", "local") != "docker":
+        yield None
+        return
+    if os.environ.get("DOCKER_HOST"):
+        yield os.environ["DOCKER_HOST"]
+        return
+    await asyncio.to_thread(podman.ensure_installed)
+    service = podman.PodmanService(Path(args.dir) / "podman")
+    url = await asyncio.to_thread(service.start)
+    print(f"docker: a podman service of the demo's own at {url}")
+    try:
+        yield url
+    finally:
+        await asyncio.to_thread(service.stop)
+
+
+def demo_spec(args: argparse.Namespace, host: str | None = None) -> SandboxSpec:
     faults = {}
     if args.bad_release:
         version, fault = parse_fault(f"{args.to_version}={args.bad_release}")
@@ -209,6 +239,8 @@ def demo_spec(args: argparse.Namespace) -> SandboxSpec:
         faults=faults,
         rate_per_s=args.rate,
         readiness=args.readiness,
+        backend="docker" if host else "local",
+        docker_host=host,
     )
 
 
@@ -234,10 +266,17 @@ async def rehearse(args: argparse.Namespace) -> AsyncIterator[Rehearsal]:
     The sandbox stays up while the caller's block runs (so that it can still be asked about
     what happened) and is taken down when the block ends, whatever happened.
     """
-    spec = demo_spec(args)
+    async with docker_host(args) as host, _rehearse(args, demo_spec(args, host)) as rehearsal:
+        yield rehearsal
+
+
+@asynccontextmanager
+async def _rehearse(args: argparse.Namespace, spec: SandboxSpec) -> AsyncIterator[Rehearsal]:
     print(
         f"sandbox: {_count(len(spec.groups), 'group')} x {_count(args.instances, 'instance')} on "
-        f"{args.from_version}, {spec.rate_per_s:g} requests/s through the groups' front doors"
+        f"{args.from_version}"
+        + (" (containers)" if spec.backend == "docker" else "")
+        + f", {spec.rate_per_s:g} requests/s through the groups' front doors"
         + (
             f"; release {args.to_version} is secretly bad ({args.bad_release})"
             if args.bad_release

@@ -20,7 +20,7 @@ from ..changelog import entries_between, parse_changelog
 from ..config import Config
 from ..decide import Failure, Outcome
 from ..errors import PermanentError, TemporaryError
-from ..model import Pending, Run
+from ..model import Pending, Run, RunState
 from ..runner import SystemClock, resolve_outcome
 from ..sources import MetricsSource
 from ..store import Fence
@@ -196,6 +196,19 @@ class EffectPerformer:
                 entry["since_upgrade"] = summary.to_dict()
             groups[g.name] = entry
         return {"groups": groups, **await self.revision(run)}
+
+    async def finish_run(self, run: Run) -> None:
+        """The run has ended: each backend that kept something for a rollback (the Docker
+        backend's stopped containers) removes it. Not after a failed or aborted run: what was
+        kept may be what an operator restores by hand."""
+        if run.state not in (RunState.COMPLETED, RunState.ROLLED_BACK):
+            return
+        for g in run.groups:
+            finish = getattr(self.backends.get(g.name), "finish", None)
+            if finish is not None:
+                removed = await finish()
+                if removed:
+                    log.info("run %s: %s: removed %s", run.id, g.name, ", ".join(removed))
 
     async def close(self) -> None:
         await self.metrics.close()

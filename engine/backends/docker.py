@@ -24,6 +24,7 @@ docker/docker-py (4e149b629c5c2acecc19718e32d3f6760d08be52, ``docker/api/contain
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import time
@@ -35,11 +36,14 @@ import docker
 
 from .. import config
 from ..errors import NotReadyError, PermanentError, TemporaryError
+from . import compose
 from . import readiness as probes
-from .base import PerSlotRollout, SlotInfo
+from .base import PerSlotRollout, Rollout, SlotInfo
 from .docker_host import call, connect, is_podman
 from .docker_inspect import recreate_body
 from .docker_readiness import wait_healthy
+
+log = logging.getLogger(__name__)
 
 NEXT = ".upgrade-bot-next"
 """A replacement being started beside the slot's container."""
@@ -80,6 +84,7 @@ class DockerBackend(PerSlotRollout):
         self.poll_interval_s = poll_interval_s
         self._client = client
         self._podman: bool | None = None
+        self.compose_changes: list[compose.ImageChange] = []
 
     # --- the host -----------------------------------------------------------------------------
 
@@ -229,6 +234,32 @@ class DockerBackend(PerSlotRollout):
         )
 
     # --- replacing ----------------------------------------------------------------------------
+
+    async def ensure_group(self, image: str, **kwargs: Any) -> Rollout:  # type: ignore[override]
+        """``PerSlotRollout.ensure_group``, then the compose file follows: once every slot of
+        the group runs ``image`` (an upgrade done, or a rollback's restore), its service's
+        ``image:`` line says so."""
+        rollout = await super().ensure_group(image, **kwargs)
+        if rollout.complete and self.settings.compose_file:
+            slots = await self.list_slots()
+            if slots and all(s.image == image for s in slots):
+                change = compose.set_image(self.settings.compose_file, self.compose_service, image)
+                if change is not None:
+                    self.compose_changes.append(change)
+                    log.info("%s: %s", self.group, change.describe())
+        return rollout
+
+    @property
+    def compose_service(self) -> str:
+        service = self.settings.compose_service or self.settings.labels.get(
+            "com.docker.compose.service"
+        )
+        if not service:
+            raise PermanentError(
+                f"{self.group}: compose_file is set but not compose_service (and the labels "
+                "have no com.docker.compose.service)"
+            )
+        return service
 
     async def ensure_image(
         self, slot_id: str, image: str, *, ready_timeout_s: float, fence: str | None = None

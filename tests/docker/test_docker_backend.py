@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import docker
 import pytest
@@ -233,4 +234,30 @@ async def test_a_replacement_keeps_the_containers_configuration_except_its_image
             assert after["HostConfig"][key] == before["HostConfig"][key], key
         for key in ("Cmd", "Healthcheck", "StopSignal", "User", "WorkingDir", "Entrypoint"):
             assert after["Config"][key] == before["Config"][key], key
+        await backend.close()
+
+
+async def test_the_compose_file_follows_the_group_and_is_restored_on_rollback(
+    sandboxes: Sandboxes, docker_host: str, tmp_path: Path
+) -> None:
+    async with container_fleet(sandboxes, docker_host, rate_per_s=10.0) as fleet:
+        service = fleet.settings.labels["com.docker.compose.service"]
+        compose_file = tmp_path / "compose.yaml"
+        original = (
+            "# the gateways of prod-eu\n"
+            "services:\n"
+            f"  {service}:\n"
+            f'    image: "{fleet.image(OLD)}"  # pinned by the bot\n'
+            "    stop_signal: SIGQUIT\n"
+        )
+        compose_file.write_text(original)
+        backend = fleet.backend(compose_file=str(compose_file))
+        assert (await backend.ensure_group(fleet.image(NEW), ready_timeout_s=30)).complete
+        assert compose_file.read_text() == original.replace(fleet.image(OLD), fleet.image(NEW))
+        [change] = backend.compose_changes
+        assert change.describe() == (
+            f"{compose_file}: services.{service}.image: {fleet.image(OLD)} → {fleet.image(NEW)}"
+        )
+        assert (await backend.ensure_group(fleet.image(OLD), ready_timeout_s=30)).complete
+        assert compose_file.read_text() == original
         await backend.close()
