@@ -883,6 +883,7 @@ EVENT_POSTS: dict[EventKind, Callable[[_Ctx], Message | None]] = {
         lambda e: msg.observation_started(_time(e.get("until"))), False
     ),
     EventKind.CHECKIN: _checkin,
+    EventKind.BACKEND_FINISHED: _simple(lambda e: msg.backend_finished(e["groups"]), True),
     EventKind.RUN_COMPLETED: _final,
     EventKind.RUN_ROLLED_BACK: _final,
     EventKind.RUN_FAILED: _final,

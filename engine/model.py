@@ -120,6 +120,9 @@ class EffectKind(StrEnum):
     ENSURE_SLOTS = "ensure_slots"
     SMOKE = "smoke"
     CHECKIN = "checkin"
+    FINISH_BACKENDS = "finish_backends"
+    """Once the run has completed or rolled back: each backend drops what it kept for a
+    rollback and says what the operator must carry over (the Docker backend's compose line)."""
 
 
 RUNNING, WAITING, PAUSED, HELD, ROLLING_BACK = (

@@ -244,7 +244,6 @@ class Runner:
                     lease.lost.set()
                     raise LeaseLost(f"lost the lease on run {run_id}; another driver ended it")
                 await self._store(lambda: self.store.finish(run_id))
-                await self._tidy(run)
                 return DriveResult(run, "finished")
             now = self.clock.now()
             decision = decide(run, Tick(), now, self.config)
@@ -264,7 +263,6 @@ class Runner:
                 await self._act(lease, run, decision.effects[0])
                 continue
             if run.terminal:
-                await self._tidy(run)
                 return DriveResult(run, "finished")
             if until_human and run.state in (WAITING, PAUSED):
                 return DriveResult(run, "waiting" if run.state == WAITING else "paused")
@@ -272,17 +270,6 @@ class Runner:
             if decision.wake_at is not None:
                 wait = max(0.0, min(wait, decision.wake_at - now))
             await self.clock.sleep(wait)
-
-    async def _tidy(self, run: Run) -> None:
-        """After the end: backends drop what they kept for a rollback (idempotent; a driver
-        that dies before it is repeated by the next one that finds the run ended)."""
-        finish = getattr(self.performer, "finish_run", None)
-        if finish is None:
-            return
-        try:
-            await finish(run)
-        except EngineError as exc:
-            log.warning("run %s: tidying up after the end failed: %s", run.id, exc)
 
     async def _act(self, lease: _Lease, run: Run, effect: Pending) -> None:
         run_id = lease.run_id

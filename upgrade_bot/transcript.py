@@ -155,6 +155,14 @@ LINES: dict[EventKind, Callable[[Event], str | None]] = {
     ),
     EventKind.OBSERVATION_STARTED: lambda e: "observing the upgraded fleet",
     EventKind.CHECKIN: _checkin,
+    EventKind.BACKEND_FINISHED: lambda e: "; ".join(
+        f"[{group}] "
+        + ", ".join(
+            ([f"compose: {said['compose']}"] if said.get("compose") else [])
+            + ([f"removed {len(said['removed'])} kept container(s)"] if said.get("removed") else [])
+        )
+        for group, said in e["groups"].items()
+    ),
     EventKind.RUN_COMPLETED: _final,
     EventKind.RUN_ROLLED_BACK: _final,
     EventKind.RUN_FAILED: _final,

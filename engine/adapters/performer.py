@@ -20,7 +20,7 @@ from ..changelog import entries_between, parse_changelog
 from ..config import Config
 from ..decide import Failure, Outcome
 from ..errors import PermanentError, TemporaryError
-from ..model import Pending, Run, RunState
+from ..model import Pending, Run
 from ..runner import SystemClock, resolve_outcome
 from ..sources import MetricsSource
 from ..store import Fence
@@ -197,18 +197,21 @@ class EffectPerformer:
             groups[g.name] = entry
         return {"groups": groups, **await self.revision(run)}
 
-    async def finish_run(self, run: Run) -> None:
-        """The run has ended: each backend that kept something for a rollback (the Docker
-        backend's stopped containers) removes it. Not after a failed or aborted run: what was
-        kept may be what an operator restores by hand."""
-        if run.state not in (RunState.COMPLETED, RunState.ROLLED_BACK):
-            return
-        for g in run.groups:
-            finish = getattr(self.backends.get(g.name), "finish", None)
-            if finish is not None:
-                removed = await finish()
-                if removed:
-                    log.info("run %s: %s: removed %s", run.id, g.name, ", ".join(removed))
+    async def _do_finish_backends(
+        self, run: Run, args: dict[str, Any], fence: Any
+    ) -> dict[str, Any]:
+        """The run completed or rolled back: each backend that kept something for a rollback
+        drops it and says what the operator must carry over (``wrap_up``; optional). Never
+        after a failed or aborted run: what was kept may be what an operator restores by hand.
+        """
+        said: dict[str, Any] = {}
+        for name, images in args["groups"].items():
+            wrap_up = getattr(self.backend(name), "wrap_up", None)
+            if wrap_up is not None:
+                said[name] = await wrap_up(
+                    str(args["state"]), before=images.get("before"), after=images.get("after")
+                )
+        return {"groups": said}
 
     async def close(self) -> None:
         await self.metrics.close()

@@ -373,6 +373,39 @@ class DockerBackend(PerSlotRollout):
             await self._remove(await self.inspect(name + DISCARD))
         return await self.slot_info(await self._must(name))
 
+    async def wrap_up(self, state: str, *, before: str | None, after: str | None) -> dict[str, Any]:
+        """The run has completed or rolled back (FINISH_BACKENDS): the kept containers go, and
+        the compose change is said — or, with ``compose_file``, made."""
+        said: dict[str, Any] = {}
+        removed = await self.finish()
+        if removed:
+            said["removed"] = removed
+        note = self.compose_note(state, before, after)
+        if note:
+            said["compose"] = note
+        return said
+
+    def compose_note(self, state: str, before: str | None, after: str | None) -> str | None:
+        """The compose file's change, as the completion message shows it."""
+        try:
+            service = self.compose_service
+        except PermanentError:
+            return None
+        path = self.settings.compose_file
+        if path:
+            change = compose.set_image(path, service, after) if after else None
+            if change is not None:
+                return f"{change.describe()} (written by the bot)"
+            if state == "completed" and before and after and before != after:
+                return f"{path}: services.{service}.image: {before} → {after} (written by the bot)"
+            return None
+        if state == "completed" and before and after and before != after:
+            return (
+                f"change services.{service}.image in the compose file: {before} → {after} "
+                f"(the next `docker compose up` would otherwise recreate {before})"
+            )
+        return None
+
     async def finish(self) -> list[str]:
         """The run has ended: remove the containers kept for a rollback and any leftovers.
         Returns their names."""

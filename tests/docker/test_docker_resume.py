@@ -19,7 +19,7 @@ from upgrade_bot.engine.backends.docker import NEXT, SUFFIXES
 from upgrade_bot.headless import EXIT_COMPLETED, EXIT_WAITING
 
 from ..support import Sandboxes, eventually
-from .fleets import NEW, container_fleet, traffic_delta
+from .fleets import NEW, OLD, container_fleet, traffic_delta
 
 pytestmark = [pytest.mark.traffic, pytest.mark.timeout(300)]
 
@@ -70,7 +70,7 @@ async def test_a_bot_killed_mid_group_resumes_with_each_slot_replaced_once(
         for _ in range(5):
             done = await asyncio.to_thread(
                 subprocess.run,
-                cli("resume", run_id, "--config", config, "--quiet"),
+                cli("resume", run_id, "--config", config),
                 capture_output=True,
                 text=True,
                 timeout=240,
@@ -95,6 +95,13 @@ async def test_a_bot_killed_mid_group_resumes_with_each_slot_replaced_once(
                 assert approve.returncode == 0, approve.stderr
                 continue
             assert done.returncode == EXIT_COMPLETED, done.stderr
+            # The completion says the compose change to make (no compose_file configured).
+            service = fleet.settings.labels["com.docker.compose.service"]
+            assert (
+                f"compose: change services.{service}.image in the compose file: "
+                f"{fleet.image(OLD)} → {fleet.image(NEW)}" in done.stdout
+            ), done.stdout[-2000:]
+            assert "removed 3 kept container(s)" in done.stdout
             break
         else:
             pytest.fail("the run did not complete")
