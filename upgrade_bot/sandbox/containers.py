@@ -25,7 +25,6 @@ import json
 import logging
 import socket
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +66,18 @@ def image_versions(spec: SandboxSpec) -> list[str]:
 
 
 def dockerfile(spec: SandboxSpec, version: str) -> str:
-    fault = json.dumps(asdict(spec.fault_for(version)), separators=(",", ":"))
+    """The image of ``version``: its fault knobs are in its own ENV, so every container of it
+    has them (a fault on one slot only, ``KIND@N``, cannot be said by an image)."""
+    fault = spec.fault_for(version)
+    if fault.only_slot is not None:
+        raise ValueError(
+            f"the fault of {version} is for one slot only (@{fault.only_slot}): containers of "
+            "one image all behave alike; use the fault without @N on the docker backend"
+        )
+    knobs = json.dumps(fault.knobs(), separators=(",", ":"))
     return (
         "FROM scratch\n"
-        f"ENV GATEWAY_VERSION={version} GATEWAY_PRODUCT={spec.product} GATEWAY_FAULTS='{fault}'\n"
+        f"ENV GATEWAY_VERSION={version} GATEWAY_PRODUCT={spec.product} GATEWAY_FAULTS='{knobs}'\n"
         f'LABEL org.opencontainers.image.version="{version}"\n'
     )
 
