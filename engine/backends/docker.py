@@ -537,8 +537,8 @@ class DockerBackend(PerSlotRollout):
     # --- preflight ----------------------------------------------------------------------------
 
     async def preflight(self) -> list[str]:
-        warnings = [f"readiness: {probes.describe(self.settings.readiness)}"]
-        warnings += probes.preflight_warnings(self.settings.readiness)
+        # The plan shows each group's readiness choice (engine.api); preflight warns on TCP only.
+        warnings = probes.preflight_warnings(self.settings.readiness)
         if self.settings.stop_signal != "SIGQUIT":
             warnings.append(
                 f"containers are stopped with {self.settings.stop_signal}: nginx-based "

@@ -78,7 +78,11 @@ def explain(exc: docker.errors.APIError) -> str:
     text = exc.explanation
     if isinstance(text, bytes):
         text = text.decode(errors="replace")
-    return str(text or exc.response.reason if exc.response is not None else exc)
+    if text:
+        return str(text)
+    if exc.response is not None and exc.response.reason:
+        return str(exc.response.reason)
+    return str(exc)
 
 
 def _first_line(exc: Exception) -> str:
