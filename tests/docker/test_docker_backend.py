@@ -93,7 +93,7 @@ async def test_sigterm_without_drain_fails_requests_on_the_same_traffic(
         await backend.close()
 
 
-async def test_a_tag_that_does_not_exist_is_refused_before_any_container_changes(
+async def test_a_missing_tag_is_refused_before_any_change_and_a_vanished_container_is_clear(
     sandboxes: Sandboxes, docker_host: str, docker_client: docker.DockerClient
 ) -> None:
     async with container_fleet(sandboxes, docker_host, rate_per_s=20.0) as fleet:
@@ -105,6 +105,12 @@ async def test_a_tag_that_does_not_exist_is_refused_before_any_container_changes
         assert isinstance(error, PermanentError)
         assert fleet.image("9.9.9") in str(error) and "could not be pulled" in str(error)
         assert {c.id: c.status for c in docker_client.containers.list(all=True)} == before
+        # A container removed behind the bot's back is a clear failure, not a crash.
+        [first, *_] = await backend.list_slots()
+        docker_client.containers.get(first.id.split("/", 1)[1]).remove(force=True)
+        rollout = await backend.ensure_group(fleet.image(NEW), slots=[first.id], ready_timeout_s=10)
+        [error] = rollout.failed.values()
+        assert isinstance(error, PermanentError) and "is gone" in str(error), error
         await backend.close()
 
 
