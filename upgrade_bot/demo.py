@@ -25,7 +25,7 @@ from typing import Any
 
 from . import podman
 from .bot.settings import slack_settings
-from .engine import Run, ms, pct
+from .engine import EventKind, Run, ms, pct
 from .engine.config import load_config
 from .headless import EXIT_COMPLETED, EXIT_FAILED, EXIT_ROLLED_BACK
 from .sandbox import manage
@@ -330,7 +330,9 @@ async def _rehearse(args: argparse.Namespace, spec: SandboxSpec) -> AsyncIterato
             await stub.stop()
         async with engine_for(config, config_dir=handle.dir, redis_url=handle.redis_url) as engine:
             run = await engine.status(run_id)
+            events = [e for _, e in await engine.feed.events(run_id)]
         report = build_report(run, handle.status(), traffic_before, duration)
+        report["backends"] = backends_said(events)
         report["slack"] = slack_summary(stub)
         report["charts"] = save_charts(stub, handle.dir / "charts")
         yield Rehearsal(run=run, report=report, sandbox=handle, slack=stub)
@@ -400,6 +402,16 @@ async def run_demo(
     return exit_status(report, args.bad_release)
 
 
+def backends_said(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the backends said once the run was over (``backend_finished``): per group, the
+    compose change and the containers kept for a rollback that were removed."""
+    said: dict[str, Any] = {}
+    for e in events:
+        if e.get("type") == EventKind.BACKEND_FINISHED:
+            said.update(e["groups"])
+    return said
+
+
 def print_report(report: dict[str, Any]) -> None:
     print()
     print(f"run {report['run_id']}: {report['state']} in {report['duration_s']}s")
@@ -409,6 +421,9 @@ def print_report(report: dict[str, Any]) -> None:
         f"traffic during the run: {report['requests_total']} requests, "
         f"{report['requests_failed']} failed, {report['requests_5xx']} answered 5xx by a gateway"
     )
+    for group, said in report.get("backends", {}).items():
+        if said.get("compose"):
+            print(f"  {group} compose: {said['compose']}")
     for g in report["groups"]:
         print(
             f"  {g['name']}: verdict {g['verdict']}, "
