@@ -443,7 +443,10 @@ class DockerBackend(PerSlotRollout):
     def _auth_config(self) -> dict[str, str] | None:
         auth = self.settings.registry_auth
         if auth is None:
-            return None  # docker-py reads the Docker config file (docker/auth.py)
+            # docker-py then sends the Docker config file's credentials for the registry
+            # (``docker/api/image.py`` pull → ``auth.get_config_header``; the file is loaded by
+            # ``APIClient`` from ``$DOCKER_CONFIG`` or ``~/.docker/config.json``).
+            return None
         return {
             "username": os.environ.get(auth.username_env, ""),
             "password": os.environ.get(auth.password_env, ""),

@@ -51,7 +51,8 @@ def connect(settings: config.DockerBackend) -> docker.APIClient:
 
 def is_podman(version: dict[str, Any]) -> bool:
     """``GET /version`` (Engine API "SystemVersion") lists ``Components``; podman's service names
-    itself ``Podman Engine`` there (containers/podman ``pkg/api/handlers/compat/version.go``)."""
+    itself ``Podman Engine`` there (containers/podman ``pkg/api/handlers/compat/version.go`` at
+    09ebdfa0b0a5bc3a5aad42485831ac4a034a40a9; podman 4.3.1 answers the same here)."""
     return any(c.get("Name") == "Podman Engine" for c in version.get("Components") or [])
 
 
