@@ -66,9 +66,9 @@ def recreate_body(
             continue
         if key == "WorkingDir" and value == "/" and not image_config.get(key):
             continue  # podman reports "/" where Docker reports "" (not set)
-        if key == "StopSignal" and _normal_signal(value) == _normal_signal(image_config.get(key)):
+        if key == "StopSignal" and normal_signal(value) == normal_signal(image_config.get(key)):
             continue
-        body[key] = _normal_signal(value) if key == "StopSignal" else value
+        body[key] = normal_signal(value) if key == "StopSignal" else value
     hostname = config.get("Hostname")
     if hostname and not str(inspect.get("Id", "")).startswith(hostname):
         body["Hostname"] = hostname
@@ -144,7 +144,7 @@ def networking_config(inspect: dict[str, Any]) -> dict[str, Any] | None:
     return {"EndpointsConfig": endpoints} if endpoints else None
 
 
-def _normal_signal(value: Any) -> Any:
+def normal_signal(value: Any) -> Any:
     """``'3'`` (podman) → ``'SIGQUIT'`` (Docker); names are left as they are."""
     if isinstance(value, str) and value.isdigit():
         try:
