@@ -44,13 +44,11 @@ class ContainerFleet:
 
     def backend(self, **changes: Any) -> DockerBackend:
         """A backend on the group's containers; ``changes`` override its settings."""
-        settings = self.settings.model_copy(update=changes)
-        if "readiness" in changes:
-            settings = DockerSettings.model_validate({**self.settings.model_dump(), **changes})
-        return DockerBackend(self.settings_group, settings, poll_interval_s=0.1)
+        settings = DockerSettings.model_validate({**self.settings.model_dump(), **changes})
+        return DockerBackend(self.group, settings, poll_interval_s=0.1)
 
     @property
-    def settings_group(self) -> str:
+    def group(self) -> str:
         return load_config(self.handle.config_path).groups[0].name
 
     async def status(self) -> dict[str, Any]:

@@ -178,10 +178,11 @@ async def test_a_rollback_restarts_the_kept_containers_and_fails_no_request(
 async def test_each_readiness_mode_upgrades_and_a_tcp_only_group_is_warned(
     sandboxes: Sandboxes, docker_host: str
 ) -> None:
-    async with container_fleet(sandboxes, docker_host, rate_per_s=20.0) as fleet:
+    # No traffic is judged here: one container, no drain wait.
+    async with container_fleet(sandboxes, docker_host, instances=1, rate_per_s=10.0) as fleet:
         steps = [("status", NEW), ("proxy", "3.8.2"), ("healthcheck", "3.8.3"), ("tcp", "3.9.0")]
         for mode, version in steps:
-            backend = fleet.backend(readiness={"mode": mode})
+            backend = fleet.backend(readiness={"mode": mode}, drain_s=0)
             warnings = await backend.preflight()
             assert any("only a TCP connect" in w for w in warnings) == (mode == "tcp"), warnings
             rollout = await backend.ensure_group(fleet.image(version), ready_timeout_s=30)
@@ -196,7 +197,7 @@ async def test_a_replacement_keeps_the_containers_configuration_except_its_image
     """The inspect documents before and after, compared field by field: only the image (and
     what comes with it: its ENV and labels) and what the engine assigns may differ."""
     async with container_fleet(sandboxes, docker_host, rate_per_s=10.0, fixed_ports=True) as fleet:
-        backend = fleet.backend()
+        backend = fleet.backend(drain_s=0)
         [first, *_] = await backend.list_slots()
         name = first.id.split("/", 1)[1]
         before = docker_client.api.inspect_container(name)
@@ -256,7 +257,7 @@ async def test_the_compose_file_follows_the_group_and_is_restored_on_rollback(
             "    stop_signal: SIGQUIT\n"
         )
         compose_file.write_text(original)
-        backend = fleet.backend(compose_file=str(compose_file))
+        backend = fleet.backend(compose_file=str(compose_file), drain_s=0)
         assert (await backend.ensure_group(fleet.image(NEW), ready_timeout_s=30)).complete
         assert compose_file.read_text() == original.replace(fleet.image(OLD), fleet.image(NEW))
         [change] = backend.compose_changes

@@ -239,9 +239,10 @@ def backend_section(
         "labels": {PROJECT_LABEL: container_project(directory), SERVICE_LABEL: group},
         "readiness": {"mode": spec.readiness},
         "stop_timeout_s": 30,
-        # The front doors see a new member within two health-check rounds (members are read
-        # every 0.2 s, checked every 0.2 s): wait that long before another goes out.
-        "drain_s": 1.0,
+        # The front doors see a new member after the fleet's next look at the containers and
+        # the next health check (0.2 s each, idle; seconds on a loaded machine): wait that long
+        # before another instance goes out.
+        "drain_s": 2.0,
     }
 
 
