@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum, StrEnum
 from typing import Any, TypeVar, Union, get_args, get_origin
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """2: ``cp`` split into ``cp_version``, ``seen_revision`` and ``intent``; see ``schema.py``."""
 
 
@@ -266,6 +266,17 @@ class GroupRun(Record):
     started_at: float | None = None
     finished_at: float | None = None
     replaced_at: tuple[float, ...] = ()
+    watch_snapshot: dict[str, Any] | None = None
+    """Where the next watch window starts: the source's mark taken as the baseline (or the
+    previous watch) ended."""
+    watched: int = 0
+    """How many slots were done when the metrics were last watched (one watch per batch)."""
+    watch: dict[str, Any] | None = None
+    """The last watch: ``{"after": Summary dict, "verdict": Verdict dict, "done": n}``."""
+    points: tuple[dict[str, Any], ...] = ()
+    """The group's metrics over time, for charts and history: each measured window as
+    ``{"kind": "baseline" | "watch" | "settle" | "source", "start", "end", "summary"}``
+    ("source": a point of the metrics source's own series, where it keeps one)."""
 
     def slot(self, slot_id: str) -> SlotRun:
         for s in self.slots:

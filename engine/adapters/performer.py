@@ -37,6 +37,10 @@ def slot_dict(info: SlotInfo) -> dict[str, Any]:
     return dataclasses.asdict(info)
 
 
+MAX_POINTS = 120
+"""The most points of a source's series kept in a run record (a chart's worth)."""
+
+
 class EffectPerformer:
     def __init__(
         self,
@@ -148,7 +152,18 @@ class EffectPerformer:
         # A window's start (a mark), or, given its start, its summary from there to now.
         if "mark" in args:
             summary = await self.metrics.summarize(args["group"], args["mark"])
-            return {"summary": summary.to_dict()}
+            out: dict[str, Any] = {"summary": summary.to_dict()}
+            if args.get("restart"):  # and the next window starts here
+                out["mark"] = await self.metrics.mark(args["group"])
+            if args.get("series_from") is not None:  # the source's own points, if it keeps any
+                points = await self.metrics.series(
+                    args["group"], float(args["series_from"]), self._now()
+                )
+                out["series"] = [
+                    {"start": p.start, "end": p.end, "summary": p.summary.to_dict()}
+                    for p in points[-MAX_POINTS:]
+                ]
+            return out
         return {"mark": await self.metrics.mark(args["group"])}
 
     async def _do_ensure_slots(
