@@ -34,9 +34,12 @@ def test_a_bad_release_on_containers_is_rolled_back_after_the_first_group_withou
     assert report["state"] == "rolled_back", report["reason"]
     assert "(containers)" in report["stdout"]
     first, second = report["groups"]
-    assert first["verdict"] == "fail", first
+    # Found in the first group (by the watch during its replacement, or by its verdict): each
+    # container replaced there was restored, the second group never touched.
+    assert first["verdict"] in (None, "fail"), first
+    assert sum(i["replacements"] for i in first["instances"]) >= 1, first
     for i in first["instances"]:
-        assert (i["version_after"], i["replacements"], i["restorations"]) == (OLD, 1, 1), i
+        assert i["version_after"] == OLD and i["replacements"] == i["restorations"], i
         assert i["served_before_ready"] == 0
     for i in second["instances"]:
         assert (i["version_after"], i["replacements"], i["restorations"]) == (OLD, 0, 0), i
