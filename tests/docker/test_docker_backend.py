@@ -82,7 +82,7 @@ async def test_sigterm_without_drain_fails_requests_on_the_same_traffic(
 ) -> None:
     """The negative control: the measurement above is trusted because this one fails."""
     async with container_fleet(sandboxes, docker_host, **TRAFFIC) as fleet:
-        backend = fleet.backend(stop_signal="SIGTERM")
+        backend = fleet.backend(stop_signal="SIGTERM", drain_s=0)
         assert any("SIGTERM" in w for w in await backend.preflight())
         before = await fleet.status()
         rollout = await backend.ensure_group(fleet.image(NEW), ready_timeout_s=30)

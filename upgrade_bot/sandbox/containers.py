@@ -42,6 +42,8 @@ PROXY_PORT, STATUS_PORT, METRICS_PORT = 9080, 7085, 9091
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 NUMBER_LABEL = "com.docker.compose.container-number"
+RETIRED = (".upgrade-bot-prev", ".upgrade-bot-discard")
+"""Names the Docker backend gives containers it takes out of their slot (engine.backends.docker)."""
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 """The folder holding the ``upgrade_bot`` package, mounted into the containers."""
 
@@ -239,13 +241,14 @@ class ContainerFleet:
             if group not in members:
                 continue
             urls = endpoints(doc)
-            members[group].append(
-                Member(
-                    id=f"{doc['ListedName']}@{doc['Id'][:12]}",
-                    proxy_url=urls["proxy"],
-                    status_url=urls["status"],
+            # A container the bot has retired (renamed out of its slot before its stop signal)
+            # gets no new requests, as a compose DNS name moves to the new container; the
+            # bot's drain wait lets what it has in flight finish. Members are known by
+            # container ID, so a rename keeps a member's health.
+            if not doc["ListedName"].endswith(RETIRED):
+                members[group].append(
+                    Member(id=doc["Id"][:12], proxy_url=urls["proxy"], status_url=urls["status"])
                 )
-            )
             await self._observe(group, doc, urls)
         self._members = members
 
