@@ -810,6 +810,20 @@ def freeze_started(revision: int) -> str:
     )
 
 
+def backend_finished(groups: Mapping[str, Any]) -> str:
+    """The backends' last word: the compose change to carry over, kept containers removed."""
+    lines = []
+    for group, said in groups.items():
+        if said.get("compose"):
+            lines.append(f":page_facing_up: *{esc(group)}* compose: `{esc(said['compose'])}`")
+        if said.get("removed"):
+            lines.append(
+                f":wastebasket: *{esc(group)}*: removed the containers kept for a rollback "
+                f"({len(said['removed'])})"
+            )
+    return "\n".join(lines) or "Backends tidied up."
+
+
 def freeze_lifted() -> str:
     return ":ice_cube: Config freeze lifted."
 

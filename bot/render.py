@@ -923,6 +923,7 @@ EVENT_POSTS: dict[EventKind, Callable[[_Ctx], Message | None]] = {
     ),
     EventKind.CHECKIN: _checkin,
     EventKind.OBSERVATION_ALERT: _observation_alert,
+    EventKind.BACKEND_FINISHED: _simple(lambda e: msg.backend_finished(e["groups"]), True),
     EventKind.RUN_COMPLETED: _final,
     EventKind.RUN_ROLLED_BACK: _final,
     EventKind.RUN_FAILED: _final,

@@ -176,13 +176,55 @@ class LocalBackend(Model):
     stop_timeout_s: float = Field(60, gt=0)
 
 
+class DockerTls(Model):
+    """Certificates for a Docker host reached over ``tcp://`` (``dockerd --tlsverify``)."""
+
+    ca_cert: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    verify: bool = True
+
+
+class RegistryAuth(Model):
+    """Credentials for pulling from a private registry, from the environment. Without it the
+    Docker config file (``~/.docker/config.json`` or ``$DOCKER_CONFIG``) is used."""
+
+    username_env: str
+    password_env: str
+    registry: str | None = None
+
+
 class DockerBackend(Model):
+    """A group of containers on one Docker host (a compose project/service)."""
+
     type: Literal["docker"]
     base_url: str | None = None
+    """``unix:///var/run/docker.sock`` or ``tcp://host:2376``; default ``DOCKER_HOST``, else
+    the local socket."""
+    tls: DockerTls | None = None
     labels: dict[str, str] = Field(min_length=1)
-    stop_signal: str = "SIGQUIT"
+    """The group's containers, e.g. ``com.docker.compose.project`` and ``…service``."""
+    stop_signal: str = Field("SIGQUIT", pattern=r"^SIG[A-Z0-9]+$")
+    """SIGQUIT drains nginx-based gateways; SIGTERM drops in-flight requests."""
     stop_timeout_s: float = Field(60, gt=0)
+    drain_s: float = Field(0, ge=0)
+    """Wait after a replacement is ready before an instance is taken out (the old container's
+    stop signal, or with stop-first the next slot's), so that the load balancer's health check
+    has seen the new one."""
+    proxy_port: int = Field(9080, ge=1, le=65535)
     status_port: int = Field(7085, ge=1, le=65535)
+    metrics_port: int = Field(9091, ge=1, le=65535)
+    """Container ports of the gateway's listeners (published host ports are found by the
+    backend)."""
+    registry_auth: RegistryAuth | None = None
+    compose_file: str | None = None
+    """The compose file of the group's service: updated on completion, restored on rollback."""
+    compose_service: str | None = None
+    """The service in ``compose_file`` (default: the ``com.docker.compose.service`` label)."""
+    readiness: ContainerReadiness = StatusReadiness(mode="status")
+    """How a new container is judged ready: its healthcheck, the status endpoint, a proxy
+    request or (weak) a TCP connect."""
+    api_timeout_s: float = Field(60, gt=0)
 
 
 class KubernetesBackend(Model):

@@ -61,6 +61,7 @@ class EventKind(StrEnum):
     ROLLBACK_FAILED = "rollback_failed"
     OBSERVATION_STARTED = "observation_started"
     CHECKIN = "checkin"
+    BACKEND_FINISHED = "backend_finished"
     RUN_COMPLETED = "run_completed"
     RUN_ROLLED_BACK = "run_rolled_back"
     RUN_FAILED = "run_failed"
@@ -380,6 +381,14 @@ class Checkin(Event):
     final: bool
 
 
+class BackendFinished(Event):
+    """What the backends did and say once the run is over (before ``run_<state>``)."""
+
+    groups: dict[str, Any]
+    """Group -> ``{"removed": [kept containers removed], "compose": "the image line change"}``
+    (only groups with something to say)."""
+
+
 class RunFinished(Event):
     """``run_completed``, ``run_rolled_back``, ``run_failed``, ``run_aborted``."""
 
@@ -433,6 +442,7 @@ EVENT_FIELDS: dict[EventKind, type[Event]] = {
     EventKind.OBSERVATION_STARTED: ObservationStarted,
     EventKind.CHECKIN: Checkin,
     EventKind.OBSERVATION_ALERT: ObservationAlert,
+    EventKind.BACKEND_FINISHED: BackendFinished,
     EventKind.RUN_COMPLETED: RunFinished,
     EventKind.RUN_ROLLED_BACK: RunFinished,
     EventKind.RUN_FAILED: RunFinished,

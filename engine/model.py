@@ -125,6 +125,9 @@ class EffectKind(StrEnum):
     CHECKIN = "checkin"
     VERIFY_CONTROL_PLANE = "verify_control_plane"
     """After a group's last replacement: wait until the CP lists its instances Healthy."""
+    FINISH_BACKENDS = "finish_backends"
+    """Once the run has completed or rolled back: each backend drops what it kept for a
+    rollback and says what the operator must carry over (the Docker backend's compose line)."""
 
 
 RUNNING, WAITING, PAUSED, HELD, ROLLING_BACK = (

@@ -27,7 +27,7 @@ from .model import (
     SlotStatus,
 )
 from .rollback import rollback_failed, start_rollback
-from .transition import Acc, Failure, Outcome, fail, finish
+from .transition import Acc, Failure, Outcome, fail, finish, wrap_up
 from .verdict import Phase, Verdict, inconclusive, judge
 from .versions import Version, path_warning
 
@@ -372,8 +372,7 @@ def _on_checkin(acc: Acc, p: Pending, result: dict[str, Any], config: Config) ->
         acc.set(next_checkin_at=acc.now + config.defaults.observation.checkin_interval_s)
         return
     if p.args.get("final"):
-        finish(acc, RunState.COMPLETED, "every group upgraded and observed")
-        acc.emit(EventKind.FREEZE_LIFTED, revision=acc.run.config_revision)
+        wrap_up(acc, RunState.COMPLETED, "every group upgraded and observed")
         return
     acc.set(next_checkin_at=acc.now + config.defaults.observation.checkin_interval_s)
 
@@ -419,6 +418,19 @@ def _observation_alert(acc: Acc, result: dict[str, Any], config: Config) -> bool
     return True
 
 
+def _on_finish_backends(acc: Acc, p: Pending, result: dict[str, Any], config: Config) -> None:
+    groups = {name: said for name, said in (result.get("groups") or {}).items() if said}
+    if groups:
+        acc.emit(EventKind.BACKEND_FINISHED, groups=groups)
+    _end(acc, p)
+
+
+def _end(acc: Acc, p: Pending) -> None:
+    """The run ends as ``wrap_up`` decided, whatever the backends managed to tidy."""
+    finish(acc, RunState(p.args["state"]), str(p.args["reason"]))
+    acc.emit(EventKind.FREEZE_LIFTED, revision=acc.run.config_revision)
+
+
 _OUTCOMES: dict[EffectKind, OutcomeHandler] = {
     EffectKind.LIST_SLOTS: _on_inventory,
     EffectKind.CHECK_CONTROL_PLANE: on_cp_check,
@@ -430,6 +442,7 @@ _OUTCOMES: dict[EffectKind, OutcomeHandler] = {
     EffectKind.ENSURE_SLOTS: _on_ensure_slots,
     EffectKind.SMOKE: _on_smoke,
     EffectKind.CHECKIN: _on_checkin,
+    EffectKind.FINISH_BACKENDS: _on_finish_backends,
 }
 
 
@@ -445,7 +458,10 @@ def on_failure(acc: Acc, event: Failure, config: Config) -> None:
         return
     acc.set(pending=None)
     acc.emit(EventKind.EFFECT_FAILED, kind=p.kind, error=event.error, attempts=p.attempt)
-    if acc.run.state == RunState.ROLLING_BACK:
+    if p.kind == EffectKind.FINISH_BACKENDS:
+        acc.emit(EventKind.WARNING, text=f"tidying up after the run failed: {event.error}")
+        _end(acc, p)
+    elif acc.run.state == RunState.ROLLING_BACK:
         rollback_failed(acc, event.error)
     elif p.kind in (EffectKind.MEASURE, EffectKind.CHECKIN):
         _metrics_unavailable(acc, p, event.error, config)
@@ -461,8 +477,7 @@ def _metrics_unavailable(acc: Acc, p: Pending, error: str, config: Config) -> No
     if p.kind == EffectKind.CHECKIN or g is None:
         acc.emit(EventKind.WARNING, text=f"check-in metrics unavailable: {error}")
         if p.args.get("final"):
-            finish(acc, RunState.COMPLETED, "every group upgraded; final check-in had no metrics")
-            acc.emit(EventKind.FREEZE_LIFTED, revision=acc.run.config_revision)
+            wrap_up(acc, RunState.COMPLETED, "every group upgraded; final check-in had no metrics")
         else:
             acc.set(next_checkin_at=acc.now + config.defaults.observation.checkin_interval_s)
         return

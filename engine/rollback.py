@@ -5,7 +5,7 @@ from __future__ import annotations
 from .config import Config
 from .events import EventKind
 from .model import EffectKind, GateDecision, GroupRun, GroupStatus, Rollback, RunState, SlotStatus
-from .transition import Acc, finish
+from .transition import Acc, finish, wrap_up
 
 
 def start_rollback(acc: Acc, reason: str, *, by: str, automatic: bool) -> None:
@@ -64,8 +64,7 @@ def rollback_step(acc: Acc, config: Config) -> None:
         if g.status == GroupStatus.ROLLING_BACK:
             acc.group(g.with_(status=GroupStatus.ROLLED_BACK, finished_at=acc.now))
     reason = acc.run.rollback.reason if acc.run.rollback else acc.run.reason
-    finish(acc, RunState.ROLLED_BACK, reason or "rolled back")
-    acc.emit(EventKind.FREEZE_LIFTED, revision=acc.run.config_revision)
+    wrap_up(acc, RunState.ROLLED_BACK, reason or "rolled back")
 
 
 def rollback_failed(acc: Acc, error: str) -> None:

@@ -107,5 +107,18 @@ def finish(acc: Acc, state: RunState, reason: str) -> None:
     )
 
 
+def wrap_up(acc: Acc, state: RunState, reason: str) -> None:
+    """End a run that completed or rolled back: first the backends finish (FINISH_BACKENDS:
+    kept containers removed, the compose line said or written), then ``finish``."""
+    groups = {}
+    for g in acc.run.groups:
+        before = next((s.previous_image for s in g.slots if s.previous_image), None)
+        after = next((s.current_image for s in g.slots if s.current_image), None) or before
+        groups[g.name] = {"before": before, "after": after}
+    acc.act(
+        EffectKind.FINISH_BACKENDS, f"finish:{state}", groups=groups, state=state, reason=reason
+    )
+
+
 def fail(acc: Acc, reason: str) -> None:
     finish(acc, RunState.FAILED, reason)

@@ -8,6 +8,12 @@ command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || missing="$missing python3-venv"
 # The metrics tests and `demo --metrics prometheus` run a real Prometheus server.
 command -v prometheus >/dev/null 2>&1 || missing="$missing prometheus"
+# The Docker backend's tests and `demo --backend docker` run containers on podman's
+# Docker-compatible API service; runc because crun fails on this kind of host's cgroup layout.
+command -v podman >/dev/null 2>&1 || missing="$missing podman"
+command -v runc >/dev/null 2>&1 || missing="$missing runc"
+# catatonit: the init (`init=True`) that forwards SIGQUIT/SIGTERM to the gateway process.
+[ -x /usr/libexec/podman/catatonit ] || command -v catatonit >/dev/null 2>&1 || missing="$missing catatonit"
 
 [ -z "$missing" ] && exit 0
 

@@ -176,8 +176,13 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+    from .podman import PodmanError
 
-    return asyncio.run(run_demo(args))
+    try:
+        return asyncio.run(run_demo(args))
+    except PodmanError as exc:
+        print(f"demo --backend docker: {exc}", file=sys.stderr)
+        return 2
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

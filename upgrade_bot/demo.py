@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -25,8 +26,9 @@ from typing import Any
 import httpx
 import yaml
 
+from . import podman
 from .bot.settings import slack_settings
-from .engine import Run, ms, pct
+from .engine import EventKind, Run, ms, pct
 from .engine.config import load_config
 from .engine.metrics_config import PrometheusMetrics
 from .headless import EXIT_COMPLETED, EXIT_FAILED, EXIT_ROLLED_BACK
@@ -73,6 +75,13 @@ def add_arguments(demo: argparse.ArgumentParser, version_type: Any, positive: An
         help="where the verdicts' evidence comes from: scraping every instance (default), or "
         "a Prometheus server (the system's `prometheus`, started under --dir, scraping the "
         "sandbox through file-based service discovery)",
+    )
+    demo.add_argument(
+        "--backend",
+        choices=("local", "docker"),
+        default="local",
+        help="gateways as local processes, or as containers on DOCKER_HOST (default: a podman "
+        "service started under --dir)",
     )
     demo.add_argument(
         "--quiet", action="store_true", help="print only the report, not the live transcript"
@@ -218,7 +227,28 @@ class Rehearsal:
     """The Slack stand-in (stopped): every Web API call the bot made is in its record."""
 
 
-def demo_spec(args: argparse.Namespace) -> SandboxSpec:
+@asynccontextmanager
+async def docker_host(args: argparse.Namespace) -> AsyncIterator[str | None]:
+    """The Docker host of ``--backend docker``: ``DOCKER_HOST`` when set, else a podman
+    service of the demo's own under ``--dir`` (podman installed first when missing, as root on
+    Debian). None for the local backend."""
+    if getattr(args, "backend", "local") != "docker":
+        yield None
+        return
+    if os.environ.get("DOCKER_HOST"):
+        yield os.environ["DOCKER_HOST"]
+        return
+    await asyncio.to_thread(podman.ensure_installed)
+    service = podman.PodmanService(Path(args.dir) / "podman")
+    url = await asyncio.to_thread(service.start)
+    print(f"docker: a podman service of the demo's own at {url}")
+    try:
+        yield url
+    finally:
+        await asyncio.to_thread(service.stop)
+
+
+def demo_spec(args: argparse.Namespace, host: str | None = None) -> SandboxSpec:
     faults = {}
     if args.bad_release:
         version, fault = parse_fault(f"{args.to_version}={args.bad_release}")
@@ -232,6 +262,8 @@ def demo_spec(args: argparse.Namespace) -> SandboxSpec:
         rate_per_s=args.rate,
         readiness=demo_readiness(args),
         smoke=args.bad_release not in NO_SMOKE_RELEASES,
+        backend="docker" if host else "local",
+        docker_host=host,
     )
 
 
@@ -263,10 +295,17 @@ async def rehearse(args: argparse.Namespace) -> AsyncIterator[Rehearsal]:
     The sandbox stays up while the caller's block runs (so that it can still be asked about
     what happened) and is taken down when the block ends, whatever happened.
     """
-    spec = demo_spec(args)
+    async with docker_host(args) as host, _rehearse(args, demo_spec(args, host)) as rehearsal:
+        yield rehearsal
+
+
+@asynccontextmanager
+async def _rehearse(args: argparse.Namespace, spec: SandboxSpec) -> AsyncIterator[Rehearsal]:
     print(
         f"sandbox: {_count(len(spec.groups), 'group')} x {_count(args.instances, 'instance')} on "
-        f"{args.from_version}, {spec.rate_per_s:g} requests/s through the groups' front doors"
+        f"{args.from_version}"
+        + (" (containers)" if spec.backend == "docker" else "")
+        + f", {spec.rate_per_s:g} requests/s through the groups' front doors"
         + (
             f"; release {args.to_version} is secretly bad ({args.bad_release})"
             if args.bad_release
@@ -311,7 +350,9 @@ async def rehearse(args: argparse.Namespace) -> AsyncIterator[Rehearsal]:
             await stub.stop()
         async with engine_for(config, config_dir=handle.dir, redis_url=handle.redis_url) as engine:
             run = await engine.status(run_id)
+            events = [e for _, e in await engine.feed.events(run_id)]
         report = build_report(run, handle.status(), traffic_before, duration)
+        report["backends"] = backends_said(events)
         report["slack"] = slack_summary(stub)
         report["charts"] = save_charts(stub, handle.dir / "charts")
         yield Rehearsal(run=run, report=report, sandbox=handle, slack=stub)
@@ -436,6 +477,16 @@ async def run_demo(
     return exit_status(report, args.bad_release)
 
 
+def backends_said(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the backends said once the run was over (``backend_finished``): per group, the
+    compose change and the containers kept for a rollback that were removed."""
+    said: dict[str, Any] = {}
+    for e in events:
+        if e.get("type") == EventKind.BACKEND_FINISHED:
+            said.update(e["groups"])
+    return said
+
+
 def print_report(report: dict[str, Any]) -> None:
     print()
     print(f"run {report['run_id']}: {report['state']} in {report['duration_s']}s")
@@ -445,6 +496,9 @@ def print_report(report: dict[str, Any]) -> None:
         f"traffic during the run: {report['requests_total']} requests, "
         f"{report['requests_failed']} failed, {report['requests_5xx']} answered 5xx by a gateway"
     )
+    for group, said in report.get("backends", {}).items():
+        if said.get("compose"):
+            print(f"  {group} compose: {said['compose']}")
     for g in report["groups"]:
         print(
             f"  {g['name']}: verdict {g['verdict']}, "

@@ -177,6 +177,14 @@ LINES: dict[EventKind, Callable[[Event], str | None]] = {
         f"[{e['group']}] ALERT since the upgrade: "
         + "; ".join((e.get("verdict") or {}).get("reasons") or [])
     ),
+    EventKind.BACKEND_FINISHED: lambda e: "; ".join(
+        f"[{group}] "
+        + ", ".join(
+            ([f"compose: {said['compose']}"] if said.get("compose") else [])
+            + ([f"removed {len(said['removed'])} kept container(s)"] if said.get("removed") else [])
+        )
+        for group, said in e["groups"].items()
+    ),
     EventKind.RUN_COMPLETED: _final,
     EventKind.RUN_ROLLED_BACK: _final,
     EventKind.RUN_FAILED: _final,

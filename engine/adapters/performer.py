@@ -314,6 +314,22 @@ class EffectPerformer:
             groups[g.name] = entry
         return {"groups": groups, **await self.revision(run)}
 
+    async def _do_finish_backends(
+        self, run: Run, args: dict[str, Any], fence: Any
+    ) -> dict[str, Any]:
+        """The run completed or rolled back: each backend that kept something for a rollback
+        drops it and says what the operator must carry over (``wrap_up``; optional). Never
+        after a failed or aborted run: what was kept may be what an operator restores by hand.
+        """
+        said: dict[str, Any] = {}
+        for name, images in args["groups"].items():
+            wrap_up = getattr(self.backend(name), "wrap_up", None)
+            if wrap_up is not None:
+                said[name] = await wrap_up(
+                    str(args["state"]), before=images.get("before"), after=images.get("after")
+                )
+        return {"groups": said}
+
     async def close(self) -> None:
         await self.metrics.close()
         await self.http.aclose()

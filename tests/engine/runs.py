@@ -293,6 +293,10 @@ class Fleet:
         }
         return {"groups": groups, "revision": self.revision}
 
+    def finish_backends(self, effect: Pending, now: float) -> dict[str, Any]:
+        """The local sandbox keeps nothing for a rollback and has no compose file."""
+        return {"groups": {}}
+
 
 # --- the run and its driver ---------------------------------------------------------------
 

@@ -118,6 +118,7 @@ def test_a_run_goes_through_every_step_and_completes_with_the_freeze_lifted() ->
             "checkin",
             "checkin",
             "checkin",
+            "finish_backends",  # the backends tidy up, then the run completes
         ]
     )
     assert in_order(
@@ -1503,6 +1504,40 @@ def test_pending_effects_survive_the_record_round_trip() -> None:
     effect = sim.drive(before=kind("ensure_slots"))
 
     assert isinstance(sim.run.pending, Pending) and sim.run.pending == effect
+
+
+# --- the backends' last word ------------------------------------------------------------------
+
+
+def completed_sim(finish_backends: Any) -> Sim:
+    sim = Sim()
+    sim.script["finish_backends"] = finish_backends
+    sim.drive_to_gate("staging")
+    sim.approve("UALICE")
+    sim.drive_to_gate("prod-eu")
+    sim.approve("UALICE", "UBOB")
+    sim.drive()
+    return sim
+
+
+def test_the_backends_finish_before_the_run_completes_and_their_word_is_an_event() -> None:
+    said = {"prod-eu": {"compose": "compose.yaml: services.gw.image: a → b", "removed": ["x"]}}
+    sim = completed_sim(lambda e, now: {"groups": {**said, "staging": {}}})
+    assert sim.run.state == COMPLETED
+    [finish] = [p for p in sim.performed if p.kind == "finish_backends"]
+    assert finish.args["state"] == COMPLETED
+    assert finish.args["groups"]["prod-eu"] == {"before": image(OLD), "after": image(NEW)}
+    assert sim.types()[-3:] == ["backend_finished", "run_completed", "freeze_lifted"]
+    # Only groups with something to say.
+    assert sim.of("backend_finished")[0]["groups"] == said
+
+
+def test_backends_that_cannot_tidy_up_do_not_keep_a_completed_run_from_completing() -> None:
+    sim = completed_sim(lambda e, now: Failure(e.key, "Docker host gone"))
+    assert sim.run.state == COMPLETED
+    warnings = [e["text"] for e in sim.of("warning")]
+    assert any("Docker host gone" in w for w in warnings), warnings
+    assert "backend_finished" not in sim.types()
 
 
 # --- watching the metrics while a group is replaced ---------------------------------------------

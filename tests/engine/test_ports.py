@@ -69,11 +69,19 @@ def test_the_registry_builds_a_backend_by_its_configured_type() -> None:
 
 def test_a_type_without_a_registry_entry_is_a_clear_config_error() -> None:
     with pytest.raises(ConfigError) as caught:
-        build_backend(group_with(SimpleNamespace(type="docker")))
+        build_backend(group_with(SimpleNamespace(type="kubernetes")))
     assert caught.value.problems == [
-        "groups (prod-eu).backend.type: 'docker' is not available in this version of "
-        "upgrade-bot (available: local)"
+        "groups (prod-eu).backend.type: 'kubernetes' is not available in this version of "
+        "upgrade-bot (available: docker, local)"
     ]
+
+
+def test_a_docker_group_gets_the_docker_backend_without_connecting_yet() -> None:
+    settings = config.DockerBackend(
+        type="docker", base_url="unix:///nonexistent.sock", labels={"a": "b"}
+    )
+    backend = build_backend(group_with(settings))
+    assert type(backend).__name__ == "DockerBackend" and backend.group == "prod-eu"
 
 
 # --- the group rollout ------------------------------------------------------------------------

@@ -200,6 +200,10 @@ def test_a_rollback_carries_on_newest_group_first(config: Config) -> None:
     now = later(run)
     while d.effects and len(order) < 10:
         effect = d.effects[0]
+        if effect.kind == "finish_backends":  # the backends tidy up, then the run ends
+            assert effect.args["state"] == ROLLED_BACK
+            d = decide(d.run, Outcome(key=effect.key, result={"groups": {}}), now, config)
+            continue
         assert effect.args["image"] == OLD_IMAGE and effect.args["restore"] is True
         (slot_id,) = effect.args["slots"]
         order.append(slot_id)

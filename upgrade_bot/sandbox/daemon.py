@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .containers import ContainerFleet, container_project
 from .controlplane import ControlPlaneState, serve_control_plane
 from .fleet import Fleet, FleetError
 from .frontdoor import FrontDoor
@@ -62,7 +63,14 @@ class Sandbox:
         self._runners.append(cp_runner)
         cp_url = f"http://127.0.0.1:{cp_port}"
 
-        self.fleet = Fleet(self.spec, cp_url=cp_url, tag=str(self.dir))
+        if self.spec.backend == "docker":
+            self.fleet = ContainerFleet(  # type: ignore[assignment]
+                self.spec,
+                docker_host=str(self.spec.docker_host),
+                project=container_project(self.dir),
+            )
+        else:
+            self.fleet = Fleet(self.spec, cp_url=cp_url, tag=str(self.dir))
         await self.fleet.start_initial()
         for group in self.spec.groups:
             door = FrontDoor(
@@ -70,7 +78,10 @@ class Sandbox:
                 members=lambda g=group: self.fleet.members(g),  # type: ignore[union-attr]
                 health_interval_s=self.spec.health_interval_s,
                 health_timeout_s=self.spec.health_timeout_s,
-                health_check=self.spec.readiness,
+                # A load balancer's own check; a container healthcheck is the runtime's.
+                health_check="status"
+                if self.spec.readiness == "healthcheck"
+                else self.spec.readiness,
             )
             await door.start()
             self.front_doors[group] = door

@@ -23,6 +23,7 @@ import yaml
 
 from ..redis_server import RedisServer, stop_from_pidfile
 from ..redis_server import _pid_alive as pid_alive
+from .containers import PROJECT_LABEL, SERVICE_LABEL, container_project, image_repository
 from .daemon import CP_KEY_FILE, SPEC_FILE, STATE_FILE
 from .fleet import tagged_processes
 from .spec import SandboxSpec
@@ -172,12 +173,8 @@ def bot_config(
                 "name": group,
                 "production": group.startswith("prod"),
                 "gateway_group": group,
-                "backend": {
-                    "type": "local",
-                    "sandbox_url": state["control_url"],
-                    "readiness": {"mode": spec.readiness},
-                },
-                "image": {"repository": spec.repository},
+                "backend": backend_section(spec, state, group, directory=key_path.parent),
+                "image": {"repository": image_repository(spec)},
             }
             for group in spec.groups
         ],
@@ -235,6 +232,30 @@ def bot_config(
         # The channel of the Slack stand-in's workspace (`upgrade-bot demo`,
         # `python -m upgrade_bot.slackstub`).
         "slack": {"channel": SANDBOX_CHANNEL},
+    }
+
+
+def backend_section(
+    spec: SandboxSpec, state: dict[str, Any], group: str, *, directory: Path
+) -> dict[str, Any]:
+    """How the bot reaches the group's instances: the sandbox's control API, or (docker) the
+    Docker host and the group's compose labels."""
+    if spec.backend != "docker":
+        return {
+            "type": "local",
+            "sandbox_url": state["control_url"],
+            "readiness": {"mode": spec.readiness},
+        }
+    return {
+        "type": "docker",
+        "base_url": spec.docker_host,
+        "labels": {PROJECT_LABEL: container_project(directory), SERVICE_LABEL: group},
+        "readiness": {"mode": spec.readiness},
+        "stop_timeout_s": 30,
+        # The front doors see a new member after the fleet's next look at the containers and
+        # the next health check (0.2 s each, idle; seconds on a loaded machine): wait that long
+        # before another instance goes out.
+        "drain_s": 2.0,
     }
 
 

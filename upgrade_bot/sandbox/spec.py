@@ -143,6 +143,12 @@ class SandboxSpec:
     """How long a front door's readiness check may take. Generous on purpose: on a loaded
     machine a 1 s check times out for every member at once, and the front door then answers
     503 for a fleet that is fine."""
+    backend: str = "local"
+    """``local``: gateway processes; ``docker``: containers on ``docker_host``
+    (upgrade_bot/sandbox/containers.py)."""
+    docker_host: str | None = None
+    fixed_ports: bool = False
+    """Docker: each container publishes fixed host ports (replacements stop first)."""
 
     def metrics_refresh_for(self, version: str) -> float:
         """The exporter refresh interval of ``version``'s instances (0 before 3.14)."""
