@@ -152,17 +152,32 @@ class DockerBackend(Model):
 
 
 class KubernetesBackend(Model):
+    """A group that is one Deployment (see engine/backends/kubernetes.py and the README)."""
+
     type: Literal["kubernetes"]
     namespace: str = "default"
     deployment: str | None = None
     selector: dict[str, str] = Field(default_factory=dict)
+    """Labels of the group's Deployment, e.g. ``app.kubernetes.io/instance: prod``."""
     container: str | None = None
+    """The gateway container; default: the one whose image is the group's repository (the
+    API7 gateway chart names it ``gateway``, the APISIX chart ``apisix``)."""
     kubeconfig: str | None = None
+    """A kubeconfig file (default: ``KUBECONFIG``, then ``~/.kube/config``)."""
+    context: str | None = None
+    in_cluster: bool = False
+    """Use the pod's ServiceAccount (the bot runs inside the cluster)."""
+    strategy: Literal["patch"] | None = None
+    """``patch``: strategic-merge patch of the container image. Default: ``patch``."""
+    poll_interval_s: float = Field(1.0, gt=0)
+    """How often the rollout is read while it progresses."""
 
     @model_validator(mode="after")
     def _deployment_or_selector(self) -> KubernetesBackend:
         if not self.deployment and not self.selector:
-            raise ValueError("set 'deployment' or 'selector' (labels of the group's pods)")
+            raise ValueError("set 'deployment' or 'selector' (labels of the group's Deployment)")
+        if self.in_cluster and (self.kubeconfig or self.context):
+            raise ValueError("'in_cluster' uses the pod's ServiceAccount: drop kubeconfig/context")
         return self
 
 

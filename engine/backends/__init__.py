@@ -18,6 +18,7 @@ from .base import Backend
 
 BACKENDS: dict[str, str] = {
     "local": "local",
+    "kubernetes": "kubernetes",
 }
 """``backend.type`` -> module of this package that builds it."""
 

@@ -1,0 +1,392 @@
+"""Kubernetes backend: a gateway group is one Deployment, rolled as a whole.
+
+Kubernetes replaces the pods itself, honouring the Deployment's own strategy (maxSurge,
+maxUnavailable), probes and preStop hooks; the bot changes the pod template's image and
+follows the rollout as Kubernetes reports it (Kubernetes API reference, Deployment v1:
+https://kubernetes.io/docs/reference/kubernetes-api/workload-resources/deployment-v1/ and
+"Deployments" https://kubernetes.io/docs/concepts/workloads/controllers/deployment/):
+
+* the rollout has seen the change when ``status.observedGeneration >= metadata.generation``;
+* pods of the new template (their gateway container runs the image) that are Ready are the
+  group's progress: slots are *replica positions* (``prod-eu/0`` is the first pod to be ready
+  on the new image, whichever pod that is, since pod names change); the last slot is ready when
+  the rollout is complete (updated = ready = available = replicas, no old pod left);
+* ``Progressing`` with reason ``ProgressDeadlineExceeded`` fails the slots not yet ready, and so
+  does a slot not ready within ``ready_timeout_s`` after the one before it;
+* a pause (the engine's ``pause`` event) sets ``spec.paused`` before returning; a call that
+  brings the group anywhere (a rollback too) unpauses first;
+* the image digest comes from the pod's ``containerStatuses[].imageID``.
+
+Strategy ``patch``: a strategic-merge patch of the container's image (everything else kept);
+restoring patches the previous image back. A resumed run reads the template's image first and
+never patches twice.
+
+Fencing: the driver's token is kept in the Deployment's annotation ``upgrade-bot/fence``; a
+change carrying an older token of the same run is refused.
+
+What is detected and reported, never fought: the replica count changing during the rollout (an
+autoscaler), the template's image changing to something else while the bot waits (a GitOps
+controller such as Argo CD or Flux reverting the change).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from .. import config
+from ..errors import NotReadyError, PermanentError
+from .base import Progress, Rollout, SlotInfo, SlotProgress, SlotStep
+from .kube_api import KubeCalls, api_client
+from .kube_preflight import preflight_warnings
+
+FENCE_ANNOTATION = "upgrade-bot/fence"
+GATEWAY_IMAGE = re.compile(r"(apisix|api7)[^/]*$")
+"""The gateway's image (the default container): ``apache/apisix``, ``api7/api7-ee-3-gateway``."""
+PROXY_PORT, STATUS_PORT, METRICS_PORT = 9080, 7085, 9091
+"""The gateway's listeners (APISIX defaults: proxy 9080, status API 7085, prometheus 9091)."""
+
+
+def build(group: str, settings: config.KubernetesBackend) -> KubernetesBackend:
+    calls = KubeCalls(
+        api_client(
+            kubeconfig=settings.kubeconfig,
+            context=settings.context,
+            in_cluster=settings.in_cluster,
+        )
+    )
+    return KubernetesBackend(group, settings, calls)
+
+
+def selector_text(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def image_version(image: str) -> str | None:
+    tag = image.rsplit(":", 1)[-1] if ":" in image.rsplit("/", 1)[-1] else ""
+    digits = ""
+    for part in tag.replace("-", ".").split("."):
+        if part.isdigit():
+            digits += ("." if digits else "") + part
+        elif digits:
+            break
+    return digits or None
+
+
+class KubernetesBackend:
+    def __init__(
+        self,
+        group: str,
+        settings: config.KubernetesBackend,
+        calls: KubeCalls,
+    ) -> None:
+        self.group = group
+        self.settings = settings
+        self.calls = calls
+        self.ns = settings.namespace
+
+    # --- reading ----------------------------------------------------------------------------
+
+    async def deployment(self) -> Any:
+        if self.settings.deployment:
+            return await self.calls.read_deployment(self.ns, self.settings.deployment)
+        found = await self.calls.list_deployments(self.ns, selector_text(self.settings.selector))
+        if len(found) != 1:
+            names = ", ".join(d.metadata.name for d in found) or "none"
+            raise PermanentError(
+                f"{self.group}: the selector {selector_text(self.settings.selector)} must pick "
+                f"exactly one Deployment in namespace {self.ns} (found: {names})"
+            )
+        return found[0]
+
+    def container_of(self, spec: Any) -> Any:
+        containers = list(spec.containers or [])
+        if self.settings.container:
+            for c in containers:
+                if c.name == self.settings.container:
+                    return c
+            raise PermanentError(
+                f"{self.group}: no container '{self.settings.container}' in the pod template "
+                f"(containers: {', '.join(c.name for c in containers)})"
+            )
+        gateways = [c for c in containers if GATEWAY_IMAGE.search((c.image or "").split(":")[0])]
+        if len(gateways) == 1:
+            return gateways[0]
+        if len(containers) == 1:
+            return containers[0]
+        raise PermanentError(
+            f"{self.group}: the pod template has several containers "
+            f"({', '.join(c.name for c in containers)}); name the gateway's in backend.container"
+        )
+
+    async def pods(self, d: Any) -> list[Any]:
+        labels = (d.spec.selector.match_labels or {}) if d.spec.selector else {}
+        pods = await self.calls.list_pods(self.ns, selector_text(labels))
+        live = [p for p in pods if p.metadata.deletion_timestamp is None]
+        return sorted(live, key=lambda p: (p.metadata.creation_timestamp or 0, p.metadata.name))
+
+    def _slot_info(self, slot_id: str, pod: Any, container_name: str) -> SlotInfo:
+        spec_container = next(
+            (c for c in pod.spec.containers if c.name == container_name), pod.spec.containers[0]
+        )
+        image = spec_container.image or ""
+        status = next(
+            (s for s in (pod.status.container_statuses or []) if s.name == container_name), None
+        )
+        digest = None
+        if status is not None and status.image_id and "@" in status.image_id:
+            digest = status.image_id.rsplit("@", 1)[1]
+        ip = pod.status.pod_ip
+        ports = {p.container_port for p in spec_container.ports or []}
+        endpoints = {}
+        if ip:
+            endpoints = {
+                "proxy": f"http://{ip}:{PROXY_PORT}",
+                "metrics": f"http://{ip}:{METRICS_PORT}",
+            }
+            if STATUS_PORT in ports:
+                endpoints["status"] = f"http://{ip}:{STATUS_PORT}"
+        return SlotInfo(
+            id=slot_id,
+            image=image,
+            version=image_version(image),
+            ready=pod_ready(pod),
+            digest=digest,
+            endpoints=endpoints,
+        )
+
+    async def list_slots(self) -> list[SlotInfo]:
+        """One slot per replica position, filled by the live pods in creation order."""
+        d = await self.deployment()
+        container = self.container_of(d.spec.template.spec)
+        pods = await self.pods(d)
+        replicas = d.spec.replicas if d.spec.replicas is not None else 1
+        slots = []
+        for i in range(replicas):
+            slot_id = f"{self.group}/{i}"
+            if i < len(pods):
+                slots.append(self._slot_info(slot_id, pods[i], container.name))
+            else:
+                slots.append(
+                    SlotInfo(slot_id, container.image, image_version(container.image), False)
+                )
+        return slots
+
+    # --- changing ---------------------------------------------------------------------------
+
+    def _check_fence(self, d: Any, fence: str | None) -> dict[str, str]:
+        """The annotation to write, or ``PermanentError`` for a stale driver."""
+        if not fence:
+            return {}
+        seen = (d.metadata.annotations or {}).get(FENCE_ANNOTATION)
+        if seen:
+            run, _, token = seen.rpartition(":")
+            mine_run, _, mine = fence.rpartition(":")
+            if run == mine_run and token.isdigit() and mine.isdigit() and int(mine) < int(token):
+                raise PermanentError(
+                    f"{self.group}: a newer driver of run {run} (token {token}) changed this "
+                    f"Deployment; this one (token {mine}) stops"
+                )
+        return {FENCE_ANNOTATION: fence}
+
+    async def _bring_template_to(
+        self, d: Any, container: Any, image: str, fence: str | None
+    ) -> Any:
+        """Patch the template's image (if it is not ``image`` yet) and unpause; idempotent."""
+        annotations = self._check_fence(d, fence)
+        body: dict[str, Any] = {}
+        if annotations and (d.metadata.annotations or {}).get(FENCE_ANNOTATION) != fence:
+            body["metadata"] = {"annotations": annotations}
+        if container.image != image:
+            body.setdefault("spec", {})["template"] = {
+                "spec": {"containers": [{"name": container.name, "image": image}]}
+            }
+        if d.spec.paused:
+            body.setdefault("spec", {})["paused"] = False
+        if not body:
+            return d
+        return await self.calls.patch_deployment(self.ns, d.metadata.name, body)
+
+    async def ensure_group(
+        self,
+        image: str,
+        *,
+        slots: Sequence[str] | None = None,
+        ready_timeout_s: float,
+        fence: str | None = None,
+        parallel: int = 1,
+        progress: Progress | None = None,
+        pause: asyncio.Event | None = None,
+    ) -> Rollout:
+        """See ``Backend.ensure_group``: the whole Deployment rolls; ``slots`` are the replica
+        positions whose readiness the caller waits for."""
+        d = await self.deployment()
+        container = self.container_of(d.spec.template.spec)
+        asked = list(slots) if slots is not None else [s.id for s in await self.list_slots()]
+        for slot_id in asked:
+            if not slot_id.startswith(self.group + "/"):
+                raise PermanentError(f"slot '{slot_id}' is not in group '{self.group}'")
+        labels = d.metadata.labels or {}
+        if labels.get("app.kubernetes.io/managed-by") == "Helm" and self.settings.strategy is None:
+            raise PermanentError(
+                f"{self.group}: deployment {d.metadata.name} is managed by Helm; patching it "
+                "directly is reverted by the next `helm upgrade`: set backend.strategy: patch "
+                "to do it anyway"
+            )
+        replicas = d.spec.replicas if d.spec.replicas is not None else 1
+        d = await self._bring_template_to(d, container, image, fence)
+        follower = _Follower(self, image, container.name, replicas, asked, progress)
+        return await follower.follow(ready_timeout_s, pause)
+
+    async def pause_rollout(self) -> None:
+        d = await self.deployment()
+        if not d.spec.paused:
+            await self.calls.patch_deployment(self.ns, d.metadata.name, {"spec": {"paused": True}})
+
+    async def preflight(self) -> list[str]:
+        d = await self.deployment()
+        container = self.container_of(d.spec.template.spec)
+        pdbs = await self.calls.list_pdbs(self.ns)
+        return preflight_warnings(d, container, pdbs, strategy=self.settings.strategy or "patch")
+
+    async def close(self) -> None:
+        await self.calls.close()
+
+
+def pod_ready(pod: Any) -> bool:
+    for cond in (pod.status.conditions if pod.status else None) or []:
+        if cond.type == "Ready":
+            return cond.status == "True"
+    return False
+
+
+def deadline_exceeded(d: Any) -> str | None:
+    for cond in (d.status.conditions if d.status else None) or []:
+        if cond.type == "Progressing" and cond.reason == "ProgressDeadlineExceeded":
+            return cond.message or "ProgressDeadlineExceeded"
+    return None
+
+
+class _Follower:
+    """Reads the rollout until the asked positions are ready, it fails, or a pause comes."""
+
+    def __init__(
+        self,
+        backend: KubernetesBackend,
+        image: str,
+        container: str,
+        replicas: int,
+        asked: list[str],
+        progress: Progress | None,
+    ) -> None:
+        self.b = backend
+        self.image = image
+        self.container = container
+        self.replicas = replicas
+        self.asked = asked
+        self.progress = progress
+        self.ready: dict[str, SlotInfo] = {}
+        self.started: set[str] = set()
+
+    def _report(self, news: SlotProgress) -> None:
+        if self.progress is not None:
+            self.progress(news)
+
+    def _position(self, slot_id: str) -> int:
+        return int(slot_id.rsplit("/", 1)[1])
+
+    async def follow(self, ready_timeout_s: float, pause: asyncio.Event | None) -> Rollout:
+        since = time.monotonic()
+        while True:
+            d = await self.b.deployment()
+            drift = self._drift(d)
+            if drift:
+                todo = [s for s in self.asked if s not in self.ready]
+                error = PermanentError(drift)
+                self._report(SlotProgress(todo[0], SlotStep.FAILED, error=error))
+                return Rollout(
+                    ready={s: self.ready[s] for s in self.asked if s in self.ready},
+                    failed={todo[0]: error},
+                    pending=tuple(todo[1:]),
+                )
+            pods = await self.b.pods(d)
+            seen = (d.status.observed_generation or 0) >= (d.metadata.generation or 0)
+            new = [p for p in pods if self._runs_image(p)]
+            new_ready = [p for p in new if pod_ready(p)]
+            complete = (
+                seen
+                and len(new) == len(pods) == self.replicas
+                and len(new_ready) == self.replicas
+                and (d.status.updated_replicas or 0) == self.replicas
+                and (d.status.available_replicas or 0) == self.replicas
+            )
+            for slot_id in self.asked:
+                position = self._position(slot_id)
+                if slot_id in self.ready:
+                    continue
+                if position < len(new) and slot_id not in self.started:
+                    self.started.add(slot_id)
+                    self._report(SlotProgress(slot_id, SlotStep.STARTED))
+                last = position == self.replicas - 1
+                if seen and position < len(new_ready) and (complete or not last):
+                    info = self.b._slot_info(slot_id, new_ready[position], self.container)
+                    self.ready[slot_id] = info
+                    self._report(SlotProgress(slot_id, SlotStep.READY, info=info))
+                    since = time.monotonic()
+            todo = [s for s in self.asked if s not in self.ready]
+            if not todo:
+                return Rollout(ready={s: self.ready[s] for s in self.asked}, failed={})
+            stuck = deadline_exceeded(d) if seen else None
+            timed_out = time.monotonic() - since > ready_timeout_s
+            if stuck or timed_out:
+                why = (
+                    f"the rollout is stuck (ProgressDeadlineExceeded: {stuck})"
+                    if stuck
+                    else f"not ready within {ready_timeout_s:g}s"
+                )
+                error = NotReadyError(
+                    f"{todo[0]}: {self.image} {why}; {len(new_ready)} of {self.replicas} pods "
+                    "ready on it"
+                )
+                self._report(SlotProgress(todo[0], SlotStep.FAILED, error=error))
+                return Rollout(
+                    ready={s: self.ready[s] for s in self.asked if s in self.ready},
+                    failed={todo[0]: error},
+                    pending=tuple(todo[1:]),
+                )
+            if pause is not None and pause.is_set():
+                await self.b.pause_rollout()
+                return Rollout(
+                    ready={s: self.ready[s] for s in self.asked if s in self.ready},
+                    failed={},
+                    pending=tuple(todo),
+                    paused=True,
+                )
+            await asyncio.sleep(self.b.settings.poll_interval_s)
+
+    def _runs_image(self, pod: Any) -> bool:
+        for c in pod.spec.containers:
+            if c.name == self.container:
+                return c.image == self.image
+        return False
+
+    def _drift(self, d: Any) -> str | None:
+        """A change someone else made while the bot waits (reported, never fought)."""
+        replicas = d.spec.replicas if d.spec.replicas is not None else 1
+        if replicas != self.replicas:
+            return (
+                f"{self.b.group}: the Deployment's replicas changed from {self.replicas} to "
+                f"{replicas} during the rollout (an autoscaler?); upgrade-bot does not fight it: "
+                "check the HorizontalPodAutoscaler and start the group again"
+            )
+        container = self.b.container_of(d.spec.template.spec)
+        if container.image != self.image:
+            return (
+                f"{self.b.group}: the Deployment's image was changed to {container.image} while "
+                f"upgrade-bot rolled out {self.image} (a GitOps controller such as Argo CD or "
+                "Flux reverting it?); upgrade-bot does not fight it: change the image in Git"
+            )
+        return None
