@@ -214,7 +214,7 @@ def apply_intent(acc: Acc, config: Config) -> None:
     elif intent.action == Action.ROLLBACK:
         if acc.run.state != RunState.ROLLING_BACK:
             start_rollback(
-                acc, intent.reason or f"rollback requested by {user}", by=user, automatic=False
+                acc, intent.reason or rollback_reason(acc.run, user), by=user, automatic=False
             )
     elif intent.action == Action.HOLD and intent.until and acc.now < intent.until:
         hold = Hold(reason=intent.reason or f"held by {user}", until=intent.until, by=user)
@@ -272,10 +272,21 @@ def _rollback(acc: Acc, cmd: Command, config: Config) -> Decision | None:
         return _refuse(acc, cmd, STALE_GATE)
     if _under_way(run):
         return _intent(acc, cmd)
-    start_rollback(
-        acc, cmd.reason or f"rollback requested by {cmd.user}", by=cmd.user, automatic=False
-    )
+    start_rollback(acc, cmd.reason or rollback_reason(run, cmd.user), by=cmd.user, automatic=False)
     return None
+
+
+def rollback_reason(run: Run, user: str) -> str:
+    """Who asked, and at an open gate the verdict they saw (the rule and its numbers)."""
+    reason = f"rollback requested by {user}"
+    gate = run.gate
+    if gate is None or gate.decision is not None:
+        return reason
+    verdict = run.group(gate.group).verdict or {}
+    phase, reasons = verdict.get("phase"), verdict.get("reasons") or []
+    if phase in (None, "pass"):
+        return f"{reason} at the {gate.group} gate"
+    return f"{reason} at the {gate.group} gate, verdict {phase}: " + "; ".join(reasons)
 
 
 def _acknowledge(acc: Acc, cmd: Command, config: Config) -> Decision | None:

@@ -57,11 +57,26 @@ class Thresholds(Model):
     p99_factor: float = Field(1.5, ge=1)
     p99_slack_ms: float = Field(20.0, ge=0)
     min_requests: int = Field(200, ge=1)
+    max_404_ratio: float = Field(0.02, ge=0, le=1)
+    """404 ratio allowed after, or ``max_404_ratio_factor`` * the ratio before if higher: a
+    gateway without its configuration answers ``404 Route Not Found`` to everything."""
+    max_404_ratio_factor: float = Field(2.0, ge=1)
+    max_4xx_ratio: float = Field(0.10, ge=0, le=1)
+    """Ratio of 4xx other than 404 allowed after, or ``max_4xx_ratio_factor`` * the ratio
+    before if higher."""
+    max_4xx_ratio_factor: float = Field(2.0, ge=1)
+    outlier_factor: float = Field(3.0, ge=1)
+    """One instance is an outlier when its 5xx or 404 ratio exceeds both the group's limit and
+    this factor * its peers' ratio, or its p99 exceeds ``p99_factor`` * its peers' + slack."""
+    min_instance_requests: int = Field(50, ge=1)
+    """Requests an instance needs in the window before it is compared with its peers."""
 
 
 class Smoke(Model):
     """Smoke requests sent through each replaced instance."""
 
+    enabled: bool = True
+    """Off only where no route can be asked (the metric verdict is then the only check)."""
     method: Literal["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"] = "GET"
     path: str = Field("/", pattern=r"^/")
     expect_status: list[Annotated[int, Field(ge=100, le=599)]] = Field(

@@ -155,8 +155,15 @@ def _group_step(acc: Acc, config: Config) -> None:
         _replace_step(acc, config, g, key)
     elif phase == GroupPhase.SMOKE:
         replaced = [s for s in g.slots if s.touched]
-        if not replaced:
-            acc.emit(EventKind.SMOKE_SKIPPED, group=g.name, reason="no slot was replaced")
+        skip = (
+            "no slot was replaced"
+            if not replaced
+            else None
+            if config.smoke_for(g.name).enabled
+            else "smoke requests are turned off for this group"
+        )
+        if skip:
+            acc.emit(EventKind.SMOKE_SKIPPED, group=g.name, reason=skip)
             acc.set(phase=GroupPhase.SETTLE_START)
             _group_step(acc, config)
             return

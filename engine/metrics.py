@@ -34,7 +34,9 @@ class InstanceSample:
     """One instance's counters at one moment (or, inside a :class:`Window`, their deltas).
 
     ``requests`` is the sum of ``apisix_http_status`` over every label set; ``s2xx`` ..
-    ``s5xx`` split it by status class (1xx and malformed codes count only in ``requests``).
+    ``s5xx`` split it by status class (1xx and malformed codes count only in ``requests``);
+    ``s404`` counts the 404s among the 4xx (a gateway without its routes answers
+    ``404 Route Not Found``).
     ``buckets``, ``latency_sum`` and ``latency_count`` are the ``type="request"`` series of
     ``apisix_http_latency`` (milliseconds) summed over routes, services, consumers and nodes.
     """
@@ -50,6 +52,7 @@ class InstanceSample:
     latency_count: int = 0
     version: str | None = None
     hostname: str | None = None
+    s404: int = 0
 
     def _counters(self) -> tuple[float, ...]:
         return (
@@ -58,6 +61,7 @@ class InstanceSample:
             self.s3xx,
             self.s4xx,
             self.s5xx,
+            self.s404,
             self.latency_sum,
             self.latency_count,
         )
@@ -99,6 +103,7 @@ class Window:
     latency_count: int
     appeared: tuple[str, ...] = ()
     restarted: tuple[str, ...] = ()
+    s404: int = 0
 
 
 def merge_buckets(histograms: Iterable[Sequence[tuple[float, float]]]) -> Buckets:
@@ -165,6 +170,7 @@ def _delta(before: InstanceSample | None, after: InstanceSample) -> InstanceSamp
         s3xx=after.s3xx - before.s3xx,
         s4xx=after.s4xx - before.s4xx,
         s5xx=after.s5xx - before.s5xx,
+        s404=after.s404 - before.s404,
         buckets=tuple(bucket_deltas),
         latency_sum=after.latency_sum - before.latency_sum,
         latency_count=after.latency_count - before.latency_count,
@@ -205,6 +211,7 @@ def window(before: Snapshot, after: Snapshot) -> Window:
         s3xx=sum(d.s3xx for d in deltas),
         s4xx=sum(d.s4xx for d in deltas),
         s5xx=sum(d.s5xx for d in deltas),
+        s404=sum(d.s404 for d in deltas),
         buckets=merge_buckets(d.buckets for d in deltas),
         latency_sum=sum(d.latency_sum for d in deltas),
         latency_count=sum(d.latency_count for d in deltas),
@@ -251,6 +258,25 @@ def quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
 
 
 @dataclass(frozen=True)
+class InstanceSummary:
+    """One instance's share of a window (sources that can split by instance)."""
+
+    id: str
+    requests: int
+    errors_5xx: int
+    errors_404: int
+    p99_ms: float | None
+
+    @property
+    def ratio_5xx(self) -> float:
+        return self.errors_5xx / self.requests if self.requests else 0.0
+
+    @property
+    def ratio_404(self) -> float:
+        return self.errors_404 / self.requests if self.requests else 0.0
+
+
+@dataclass(frozen=True)
 class Summary:
     """A window in the numbers a verdict and a human look at. Latencies in milliseconds."""
 
@@ -264,15 +290,22 @@ class Summary:
     p99_ms: float | None
     duration_s: float
     rate_per_s: float
+    errors_404: int = 0
+    ratio_404: float = 0.0
+    instances: tuple[InstanceSummary, ...] = ()
+    """Per instance, when the source can split by instance (empty otherwise)."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (None for unknown quantiles)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["instances"] = [{f.name: getattr(i, f.name) for f in fields(i)} for i in self.instances]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Summary:
-        """The inverse of :meth:`to_dict`; unknown keys are ignored, missing ones refused."""
-        missing = [f.name for f in fields(cls) if f.name not in data]
+        """The inverse of :meth:`to_dict`; unknown keys are ignored, missing ones refused
+        (except those added later, which a summary saved before them lacks)."""
+        missing = [f.name for f in fields(cls) if f.name not in data and f.name not in _LATER]
         if missing:
             raise ValueError(f"summary lacks {', '.join(missing)}")
 
@@ -291,11 +324,28 @@ class Summary:
             p99_ms=opt("p99_ms"),
             duration_s=float(data["duration_s"]),
             rate_per_s=float(data["rate_per_s"]),
+            errors_404=int(data.get("errors_404", 0)),
+            ratio_404=float(data.get("ratio_404", 0.0)),
+            instances=tuple(
+                InstanceSummary(
+                    id=str(i["id"]),
+                    requests=int(i["requests"]),
+                    errors_5xx=int(i["errors_5xx"]),
+                    errors_404=int(i["errors_404"]),
+                    p99_ms=None if i.get("p99_ms") is None else float(i["p99_ms"]),
+                )
+                for i in data.get("instances") or ()
+            ),
         )
 
 
+_LATER = frozenset({"errors_404", "ratio_404", "instances"})
+"""Summary fields added after records were first saved."""
+
+
 def summarize(w: Window) -> Summary:
-    """Totals, 4xx/5xx ratios (0 without requests), p50/p95/p99 and request rate of ``w``."""
+    """Totals, 4xx/404/5xx ratios (0 without requests), p50/p95/p99, request rate and the
+    per-instance split of ``w``."""
     requests = w.requests
     return Summary(
         requests=requests,
@@ -308,6 +358,18 @@ def summarize(w: Window) -> Summary:
         p99_ms=quantile(0.99, w.buckets),
         duration_s=w.duration_s,
         rate_per_s=requests / w.duration_s if w.duration_s > 0 else 0.0,
+        errors_404=w.s404,
+        ratio_404=w.s404 / requests if requests > 0 else 0.0,
+        instances=tuple(
+            InstanceSummary(
+                id=i.instance_id,
+                requests=i.requests,
+                errors_5xx=i.s5xx,
+                errors_404=i.s404,
+                p99_ms=quantile(0.99, i.buckets),
+            )
+            for i in w.instances
+        ),
     )
 
 

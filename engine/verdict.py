@@ -129,6 +129,28 @@ def evidence_rule(before: Summary, after: Summary, t: Thresholds) -> Finding:
     return Finding(Phase.INCONCLUSIVE, doubts) if doubts else Finding(Phase.PASS)
 
 
+def _ratio_finding(
+    what: str,
+    before_ratio: float,
+    after_ratio: float,
+    after_requests: int,
+    limit: float,
+    t: Thresholds,
+    limits: Mapping[str, float | None] | None = None,
+    *,
+    quiet_pass: bool = False,
+) -> Finding:
+    """``quiet_pass``: a pass says nothing (a rule that matters only when it fails)."""
+    reason = (
+        f"{what} ratio {pct(after_ratio)} after vs {pct(before_ratio)} before (limit {pct(limit)})"
+    )
+    if after_ratio <= limit:
+        return Finding(Phase.PASS, () if quiet_pass else (reason,), limits or {})
+    if after_requests >= t.min_requests:
+        return Finding(Phase.FAIL, (reason,), limits or {})
+    return Finding(Phase.INCONCLUSIVE, (reason + TOO_FEW,), limits or {})
+
+
 def errors_rule(before: Summary, after: Summary, t: Thresholds) -> Finding:
     """The 5xx ratio after must not exceed ``max(t.max_5xx_ratio, factor * ratio before)``.
 
@@ -136,16 +158,48 @@ def errors_rule(before: Summary, after: Summary, t: Thresholds) -> Finding:
     (0 requests before means a 0% baseline, so the absolute limit applies).
     """
     limit = max(t.max_5xx_ratio, t.max_5xx_ratio_factor * before.ratio_5xx)
-    reason = (
-        f"5xx ratio {pct(after.ratio_5xx)} after vs {pct(before.ratio_5xx)} before "
-        f"(limit {pct(limit)})"
+    return _ratio_finding(
+        "5xx",
+        before.ratio_5xx,
+        after.ratio_5xx,
+        after.requests,
+        limit,
+        t,
+        {"limit_5xx_ratio": limit},
     )
-    limits = {"limit_5xx_ratio": limit}
-    if after.ratio_5xx <= limit:
-        return Finding(Phase.PASS, (reason,), limits)
-    if after.requests >= t.min_requests:
-        return Finding(Phase.FAIL, (reason,), limits)
-    return Finding(Phase.INCONCLUSIVE, (reason + TOO_FEW,), limits)
+
+
+def not_found_rule(before: Summary, after: Summary, t: Thresholds) -> Finding:
+    """The 404 ratio after must not exceed ``max(t.max_404_ratio, factor * ratio before)``.
+
+    A new instance that never received its configuration answers ``404 Route Not Found`` to
+    everything while its health looks fine; relative to the baseline, so that a fleet whose
+    clients normally meet 404s is not failed for them.
+    """
+    limit = max(t.max_404_ratio, t.max_404_ratio_factor * before.ratio_404)
+    return _ratio_finding(
+        "404", before.ratio_404, after.ratio_404, after.requests, limit, t, quiet_pass=True
+    )
+
+
+def client_errors_rule(before: Summary, after: Summary, t: Thresholds) -> Finding:
+    """The ratio of 4xx other than 404 after must not exceed ``max(t.max_4xx_ratio, factor *
+    ratio before)``: a release that starts refusing requests (auth, rate limits) shows here."""
+
+    def other_4xx(s: Summary) -> float:
+        return (s.errors_4xx - s.errors_404) / s.requests if s.requests else 0.0
+
+    before_ratio, after_ratio = other_4xx(before), other_4xx(after)
+    limit = max(t.max_4xx_ratio, t.max_4xx_ratio_factor * before_ratio)
+    return _ratio_finding(
+        "4xx (other than 404)",
+        before_ratio,
+        after_ratio,
+        after.requests,
+        limit,
+        t,
+        quiet_pass=True,
+    )
 
 
 def latency_rule(before: Summary, after: Summary, t: Thresholds) -> Finding:
@@ -169,7 +223,57 @@ def latency_rule(before: Summary, after: Summary, t: Thresholds) -> Finding:
     return Finding(Phase.INCONCLUSIVE, (reason + TOO_FEW,), limits)
 
 
-RULES: tuple[Rule, ...] = (evidence_rule, errors_rule, latency_rule)
+def outlier_rule(before: Summary, after: Summary, t: Thresholds) -> Finding:
+    """One instance erroring or slow while its peers are fine fails the group.
+
+    Judged on the window after, among instances with at least ``t.min_instance_requests``
+    requests, when the source splits by instance (otherwise it has nothing to say). An
+    instance fails when its 5xx (or 404) ratio exceeds both the group's absolute limit and
+    ``t.outlier_factor`` * the ratio of its peers together, or when its p99 exceeds
+    ``t.p99_factor`` * the median p99 of its peers + ``t.p99_slack_ms``.
+    """
+    judged = [i for i in after.instances if i.requests >= t.min_instance_requests]
+    if len(judged) < 2:
+        return Finding(Phase.PASS)
+    failures: list[str] = []
+    for inst in judged:
+        peers = [p for p in judged if p is not inst]
+        requests = sum(p.requests for p in peers)
+        for what, mine, theirs, floor in (
+            ("5xx", inst.ratio_5xx, sum(p.errors_5xx for p in peers) / requests, t.max_5xx_ratio),
+            ("404", inst.ratio_404, sum(p.errors_404 for p in peers) / requests, t.max_404_ratio),
+        ):
+            limit = max(floor, t.outlier_factor * theirs)
+            if mine > limit:
+                failures.append(
+                    f"instance {_name(inst.id)}: {what} ratio {pct(mine)} vs {pct(theirs)} on "
+                    f"its {len(peers)} peers (limit {pct(limit)})"
+                )
+        peer_p99 = sorted(p.p99_ms for p in peers if p.p99_ms is not None)
+        if inst.p99_ms is not None and peer_p99:
+            median = peer_p99[len(peer_p99) // 2]
+            limit = t.p99_factor * median + t.p99_slack_ms
+            if inst.p99_ms > limit:
+                failures.append(
+                    f"instance {_name(inst.id)}: p99 {ms(inst.p99_ms)} vs {ms(median)} on its "
+                    f"{len(peers)} peers (limit {ms(limit)})"
+                )
+    return Finding(Phase.FAIL, tuple(failures)) if failures else Finding(Phase.PASS)
+
+
+def _name(instance_id: str) -> str:
+    """``prod-eu/1@http://…`` (a scraped instance) → ``prod-eu/1``."""
+    return instance_id.split("@", 1)[0]
+
+
+RULES: tuple[Rule, ...] = (
+    evidence_rule,
+    errors_rule,
+    not_found_rule,
+    client_errors_rule,
+    latency_rule,
+    outlier_rule,
+)
 """Every rule, in the order their reasons are reported."""
 
 
@@ -198,10 +302,13 @@ __all__ = [
     "Phase",
     "Rule",
     "Verdict",
+    "client_errors_rule",
     "errors_rule",
     "evidence_rule",
     "inconclusive",
     "judge",
     "latency_rule",
+    "not_found_rule",
+    "outlier_rule",
     "worst",
 ]

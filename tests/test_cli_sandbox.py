@@ -186,8 +186,9 @@ def test_sandbox_status_with_nothing_up(tmp_path: Path) -> None:
         (
             "3.8.1=boom",
             "'3.8.1=boom': unknown fault kind 'boom'; "
-            "expected one of never-ready, slow-start, errors, latency, no-cp",
+            "expected one of never-ready, slow-start, errors, latency, no-cp, no-config",
         ),
+        ("3.8.1=errors@one", "'3.8.1=errors@one': '@one' is not a slot index (e.g. errors@1)"),
         ("3.8.1=errors:1.5", "'3.8.1=errors:1.5': the error ratio must be in (0, 1]"),
         ("3.8.1=latency:slow", "'3.8.1=latency:slow': 'slow' is not a number"),
     ],

@@ -155,6 +155,31 @@ def test_bad_release_is_rolled_back_without_a_failed_request(tmp_path: Path, kin
             assert (i["replacements"], i["restorations"]) == (1, 1), i
 
 
+@pytest.mark.parametrize(
+    ("kind", "rule"),
+    [
+        # Ready by TCP, answers 404 Route Not Found: only the 404 rule can stop it.
+        ("no-config", "404 ratio 100.0% after vs 0.0% before (limit 2.0%)"),
+        # One instance of three errs: named by the outlier rule.
+        ("errors@1", "instance prod-eu/1: 5xx ratio"),
+    ],
+)
+def test_a_release_only_the_metric_rules_can_catch_is_rolled_back_naming_the_rule(
+    tmp_path: Path, kind: str, rule: str
+) -> None:
+    report = demo_cli(tmp_path, "--bad-release", kind)
+
+    check_rolled_back(report)
+    first = report["groups"][0]
+    assert first["verdict"] == "fail", first
+    assert rule in report["reason"], report["reason"]
+    assert report["reason"].startswith("rollback requested by U0BOB00002 at the prod-eu gate")
+    # The printed report says it too.
+    assert f"reason: {report['reason']}" in report["stdout"], report["stdout"][-3000:]
+    if kind == "no-config":  # and it was told that TCP readiness cannot catch such a release
+        assert "readiness is only a TCP connect" in report["stdout"], report["stdout"][:3000]
+
+
 def generator_ratio(series: list[dict[str, Any]], start: float, end: float) -> tuple[float, float]:
     """The generator's 5xx ratio over [start, end]: per-second buckets weighted by overlap.
 

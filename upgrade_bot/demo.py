@@ -34,7 +34,11 @@ from .wiring import engine_for
 
 REQUESTER = "U0ALICE001"  # alice, in the Slack stand-in's workspace
 APPROVER = "U0BOB00002"  # bob, on call (user group S0ONCALL01)
-BAD_RELEASES = ("never-ready", "errors", "latency")
+BAD_RELEASES = ("never-ready", "errors", "latency", "no-config", "errors@1")
+TCP_READINESS_RELEASES = ("no-config",)
+"""Bad releases that a real readiness check or a smoke request would catch: for them the demo
+judges readiness by TCP only (as the vendors' Helm charts do) and sends no smoke request, so
+that only the metric verdict can stop them."""
 ENDED = frozenset({"completed", "rolled_back", "failed", "aborted"})
 
 
@@ -49,8 +53,9 @@ def add_arguments(demo: argparse.ArgumentParser, version_type: Any, positive: An
     demo.add_argument(
         "--readiness",
         choices=READINESS_MODES,
-        default="status",
-        help="how the bot judges a new instance ready (the groups' backend.readiness.mode)",
+        default=None,
+        help="how the bot judges a new instance ready (the groups' backend.readiness.mode); "
+        f"default status, tcp for --bad-release {'|'.join(TCP_READINESS_RELEASES)}",
     )
     demo.add_argument("--rate", type=float, default=150.0)
     demo.add_argument(
@@ -208,8 +213,15 @@ def demo_spec(args: argparse.Namespace) -> SandboxSpec:
         cp_version=args.to_version,
         faults=faults,
         rate_per_s=args.rate,
-        readiness=args.readiness,
+        readiness=demo_readiness(args),
+        smoke=args.bad_release not in TCP_READINESS_RELEASES,
     )
+
+
+def demo_readiness(args: argparse.Namespace) -> str:
+    if args.readiness:
+        return str(args.readiness)
+    return "tcp" if args.bad_release in TCP_READINESS_RELEASES else "status"
 
 
 async def follow(stub: SlackStub, stop: asyncio.Event, interval_s: float = 0.2) -> None:
@@ -352,6 +364,8 @@ async def run_demo(
 def print_report(report: dict[str, Any]) -> None:
     print()
     print(f"run {report['run_id']}: {report['state']} in {report['duration_s']}s")
+    if report.get("reason"):
+        print(f"reason: {report['reason']}")
     print(
         f"traffic during the run: {report['requests_total']} requests, "
         f"{report['requests_failed']} failed, {report['requests_5xx']} answered 5xx by a gateway"

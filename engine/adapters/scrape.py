@@ -57,6 +57,7 @@ def parse_metrics(text: str, instance_id: str) -> InstanceSample:
     """
     requests = 0
     by_class = {"2": 0, "3": 0, "4": 0, "5": 0}
+    not_found = 0
     series: dict[tuple[str, ...], list[tuple[float, float]]] = {}
     latency_sum = 0.0
     latency_count = 0
@@ -74,6 +75,8 @@ def parse_metrics(text: str, instance_id: str) -> InstanceSample:
                 code = labels.get("code", "")
                 if len(code) == 3 and code.isdigit() and code[0] in by_class:
                     by_class[code[0]] += count
+                if code == "404":
+                    not_found += count
             elif name == NODE_INFO:
                 if version is None and hostname is None:  # one per node; keep the first
                     version = labels.get("version") or None
@@ -97,6 +100,7 @@ def parse_metrics(text: str, instance_id: str) -> InstanceSample:
         s3xx=by_class["3"],
         s4xx=by_class["4"],
         s5xx=by_class["5"],
+        s404=not_found,
         buckets=merge_buckets(series.values()),
         latency_sum=latency_sum,
         latency_count=latency_count,

@@ -524,3 +524,15 @@ async def test_down_after_the_daemon_died_stops_its_instances(sandboxes: Sandbox
     assert await asyncio.to_thread(manage.down, handle.dir) is True
     assert still_running(instances) == []
     assert not (handle.dir / "state.json").exists()
+
+
+def test_a_fault_at_one_slot_hits_that_slot_of_each_group_only() -> None:
+    version, fault = parse_fault(f"{NEW}=errors@1:0.3")
+    assert (fault.error_ratio, fault.only_slot) == (0.3, 1)
+    spec = SandboxSpec(groups=group_names(2), instances=3, faults={version: fault})
+    hit = [i for i in range(3) if spec.fault_for(NEW, i).error_ratio]
+    assert hit == [1]
+    assert spec.fault_for(NEW).error_ratio == 0.3  # the version's fault, wherever it applies
+    assert "only_slot" not in spec.fault_for(NEW, 1).knobs()  # the simulator never sees it
+    _, no_config = parse_fault(f"{NEW}=no-config")
+    assert no_config.knobs()["no_config"] is True

@@ -372,11 +372,14 @@ async def test_not_ready_answers_404_then_becomes_ready(tmp_path: Path) -> None:
         assert routed.value == 1
 
 
-async def test_never_ready_stays_503(tmp_path: Path) -> None:
-    # the never_ready instance starts first, so by the time its twin is ready its own
+@pytest.mark.parametrize("fault", ["never_ready", "no_config"])
+async def test_never_ready_stays_503(tmp_path: Path, fault: str) -> None:
+    """Both never get their routes (no_config: its ports accept connections all the same,
+    which is all a TCP readiness check asks)."""
+    # the stuck instance starts first, so by the time its twin is ready its own
     # ready_delay has certainly passed
     async with (
-        run_sim(tmp_path, instance_id="stuck", faults={"never_ready": True}) as stuck,
+        run_sim(tmp_path, instance_id="stuck", faults={fault: True}) as stuck,
         run_sim(tmp_path, instance_id="twin") as twin,
     ):
         async with httpx.AsyncClient() as client:

@@ -180,7 +180,7 @@ class Fleet:
             status_port=0,
             metrics_port=0,
         )
-        fault = self.spec.fault_for(version)
+        fault = self.spec.fault_for(version, int(slot_id.rsplit("/", 1)[1]))
         args = [
             sys.executable,
             "-m",
@@ -208,7 +208,7 @@ class Fleet:
             "--latency-ms",
             str(self.spec.latency_ms),
             "--faults",
-            json.dumps(asdict(fault)),
+            json.dumps(fault.knobs()),
         ]
         if self.cp_url:
             args += [

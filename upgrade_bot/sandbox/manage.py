@@ -210,7 +210,7 @@ def bot_config(
             "observation": {"window_s": 5, "checkin_interval_s": 5},
             # The gateway's own mock route: it proves the instance serves, while the metric
             # verdict judges the proxied traffic.
-            "smoke": {"path": "/smoke", "expect_status": [200], "count": 3},
+            "smoke": {"path": "/smoke", "expect_status": [200], "count": 3, "enabled": spec.smoke},
             # The on-call user group of the Slack stand-in (bob, carol), and `--as oncall` for
             # the headless CLI.
             "policy": {

@@ -94,6 +94,7 @@ FAULT_KEYS = {
     "error_ratio": float,
     "added_latency_ms": float,
     "no_cp": bool,
+    "no_config": bool,
 }
 
 
@@ -104,6 +105,9 @@ class Faults:
     error_ratio: float = 0.0
     added_latency_ms: float = 0.0
     no_cp: bool = False
+    no_config: bool = False
+    """It never receives its routes: ``404 Route Not Found`` to every request, ``/status/ready``
+    503, while its ports accept connections (a TCP readiness check passes it)."""
 
     @classmethod
     def parse(cls, text: str | None) -> Faults:
@@ -169,7 +173,7 @@ class Config:
     @property
     def ready_after_s(self) -> float | None:
         """Seconds from start until ready, or None when the instance never becomes ready."""
-        if self.faults.never_ready:
+        if self.faults.never_ready or self.faults.no_config:
             return None
         return self.ready_delay + self.faults.slow_start_s
 

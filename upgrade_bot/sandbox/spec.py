@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 GROUP_NAMES = ["prod-eu", "prod-us", "prod-ap", "prod-sa", "prod-af", "prod-me", "prod-oc"]
 READINESS_MODES = ("status", "proxy", "tcp")
-FAULT_KINDS = ("never-ready", "slow-start", "errors", "latency", "no-cp")
+FAULT_KINDS = ("never-ready", "slow-start", "errors", "latency", "no-cp", "no-config")
 VERSION_IN_TAG = re.compile(r"(\d+\.\d+\.\d+)")
 
 
@@ -30,6 +30,9 @@ class Fault:
     error_ratio: float = 0.0
     added_latency_ms: float = 0.0
     no_cp: bool = False
+    no_config: bool = False
+    only_slot: int | None = None
+    """The fault hits only the slot with this index in each group (``errors@1``)."""
 
     def merged(self, other: Fault) -> Fault:
         return Fault(
@@ -38,32 +41,52 @@ class Fault:
             error_ratio=max(self.error_ratio, other.error_ratio),
             added_latency_ms=max(self.added_latency_ms, other.added_latency_ms),
             no_cp=self.no_cp or other.no_cp,
+            no_config=self.no_config or other.no_config,
+            only_slot=other.only_slot if other.only_slot is not None else self.only_slot,
         )
+
+    def knobs(self) -> dict[str, object]:
+        """What the simulator's ``--faults`` takes (everything but where the fault applies)."""
+        return {k: v for k, v in asdict(self).items() if k != "only_slot"}
 
 
 def parse_fault(text: str) -> tuple[str, Fault]:
-    """``3.8.1=errors:0.2`` → ("3.8.1", Fault(error_ratio=0.2)). Raises ValueError with advice."""
+    """``3.8.1=errors:0.2`` → ("3.8.1", Fault(error_ratio=0.2)); ``KIND@N`` limits the fault to
+    the slot with index N of each group. Raises ValueError with advice."""
     version, sep, kind_spec = text.partition("=")
     if not sep or not re.fullmatch(r"\d+\.\d+\.\d+", version):
         raise ValueError(f"'{text}': expected VERSION=KIND, e.g. 3.8.1=errors:0.2")
     kind, _, arg = kind_spec.partition(":")
+    kind, at, where = kind.partition("@")
+    only_slot = None
+    if at:
+        if not where.isdigit():
+            raise ValueError(f"'{text}': '@{where}' is not a slot index (e.g. errors@1)")
+        only_slot = int(where)
     try:
         value = float(arg) if arg else None
     except ValueError:
         raise ValueError(f"'{text}': '{arg}' is not a number") from None
+    fault = _fault(text, kind, value)
+    return version, replace(fault, only_slot=only_slot) if at else fault
+
+
+def _fault(text: str, kind: str, value: float | None) -> Fault:
     if kind == "never-ready":
-        return version, Fault(never_ready=True)
+        return Fault(never_ready=True)
     if kind == "slow-start":
-        return version, Fault(slow_start_s=value if value is not None else 5.0)
+        return Fault(slow_start_s=value if value is not None else 5.0)
     if kind == "errors":
         ratio = value if value is not None else 0.2
         if not 0 < ratio <= 1:
             raise ValueError(f"'{text}': the error ratio must be in (0, 1]")
-        return version, Fault(error_ratio=ratio)
+        return Fault(error_ratio=ratio)
     if kind == "latency":
-        return version, Fault(added_latency_ms=value if value is not None else 200.0)
+        return Fault(added_latency_ms=value if value is not None else 200.0)
     if kind == "no-cp":
-        return version, Fault(no_cp=True)
+        return Fault(no_cp=True)
+    if kind == "no-config":
+        return Fault(no_config=True)
     raise ValueError(
         f"'{text}': unknown fault kind '{kind}'; expected one of {', '.join(FAULT_KINDS)}"
     )
@@ -92,6 +115,8 @@ class SandboxSpec:
     cp_version: str | None = None
     heartbeat_interval_s: float = 1.0
     readiness: str = "status"
+    smoke: bool = True
+    """Whether the bot's config smoke-tests each new instance (GET /smoke, a mocked route)."""
     """How the bot's config judges an instance ready (``backend.readiness.mode``): status,
     proxy or tcp."""
     health_interval_s: float = 0.2
@@ -103,8 +128,12 @@ class SandboxSpec:
     def image_for(self, version: str) -> str:
         return f"{self.repository}:{version}"
 
-    def fault_for(self, version: str) -> Fault:
-        return self.faults.get(version, Fault())
+    def fault_for(self, version: str, slot_index: int | None = None) -> Fault:
+        """The fault of ``version`` (on the slot with ``slot_index``, when one is given)."""
+        fault = self.faults.get(version, Fault())
+        if slot_index is not None and fault.only_slot not in (None, slot_index):
+            return Fault()
+        return fault
 
     def slot_ids(self, group: str) -> list[str]:
         return [f"{group}/{i}" for i in range(self.instances)]
