@@ -166,6 +166,30 @@ class DockerBackend(Model):
     status_port: int = Field(7085, ge=1, le=65535)
 
 
+class HelmSettings(Model):
+    """The ``helm`` strategy: upgrade the group's Helm release (engine/backends/kube_helm.py)."""
+
+    release: str | None = None
+    """Default: the Deployment's ``meta.helm.sh/release-name`` annotation."""
+    values_key: str | None = None
+    """The values key of the image tag; default ``image.tag`` for the APISIX chart,
+    ``apisix.image.tag`` for API7's gateway chart."""
+    chart: str | None = None
+    """A chart (directory, ``.tgz`` or ``oci://`` reference) to upgrade with; default: the chart
+    stored in the deployed release."""
+    chart_version: str | None = None
+    """With ``chart``: the chart version to upgrade to (shown in the plan)."""
+    values_file: str | None = None
+    """Extra values (YAML) applied in the same upgrade, shown in the plan as a diff against the
+    deployed values (the runbook's "other configuration changes")."""
+
+    @model_validator(mode="after")
+    def _version_needs_chart(self) -> HelmSettings:
+        if self.chart_version and not self.chart:
+            raise ValueError("'chart_version' needs 'chart' (the stored chart has one version)")
+        return self
+
+
 class KubernetesBackend(Model):
     """A group that is one Deployment (see engine/backends/kubernetes.py and the README)."""
 
@@ -182,8 +206,11 @@ class KubernetesBackend(Model):
     context: str | None = None
     in_cluster: bool = False
     """Use the pod's ServiceAccount (the bot runs inside the cluster)."""
-    strategy: Literal["patch"] | None = None
-    """``patch``: strategic-merge patch of the container image. Default: ``patch``."""
+    strategy: Literal["helm", "patch"] | None = None
+    """``helm``: upgrade the Helm release with only the image tag changed, roll back to the
+    recorded revision. ``patch``: strategic-merge patch of the container image. Default:
+    ``helm`` when the Deployment is Helm-managed, else ``patch``."""
+    helm: HelmSettings = Field(default_factory=HelmSettings)
     poll_interval_s: float = Field(1.0, gt=0)
     """How often the rollout is read while it progresses."""
 

@@ -128,6 +128,14 @@ class KubeCalls:
         )
         return list(result.items)
 
+    async def read_secret_data(self, ns: str, name: str) -> dict[str, str]:
+        # GET /api/v1/namespaces/{namespace}/secrets/{name} (secret-v1, "read":
+        # https://kubernetes.io/docs/reference/kubernetes-api/config-and-storage-resources/secret-v1/)
+        secret = await self._call(
+            "get", f"secrets {ns}/{name}", lambda: self.core.read_namespaced_secret(name, ns)
+        )
+        return dict(secret.data or {})
+
     async def list_pdbs(self, ns: str) -> list[Any]:
         # GET /apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets
         # (pod-disruption-budget-v1, "list")

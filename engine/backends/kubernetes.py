@@ -17,9 +17,10 @@ https://kubernetes.io/docs/reference/kubernetes-api/workload-resources/deploymen
   brings the group anywhere (a rollback too) unpauses first;
 * the image digest comes from the pod's ``containerStatuses[].imageID``.
 
-Strategy ``patch``: a strategic-merge patch of the container's image (everything else kept);
-restoring patches the previous image back. A resumed run reads the template's image first and
-never patches twice.
+Strategy ``helm`` (the default for a Helm-managed Deployment): see :mod:`.kube_helm`. Strategy
+``patch``: a strategic-merge patch of the container's image (everything else kept); restoring
+patches the previous image back. A resumed run reads the release's newest revision or the
+template's image first and never upgrades or patches twice.
 
 Fencing: the driver's token is kept in the Deployment's annotation ``upgrade-bot/fence``; a
 change carrying an older token of the same run is refused.
@@ -32,16 +33,23 @@ controller such as Argo CD or Flux reverting the change).
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from .. import config
 from ..errors import NotReadyError, PermanentError
 from .base import Progress, Rollout, SlotInfo, SlotProgress, SlotStep
 from .kube_api import KubeCalls, api_client
+from .kube_helm import HelmRelease
 from .kube_preflight import preflight_warnings
+
+log = logging.getLogger(__name__)
 
 FENCE_ANNOTATION = "upgrade-bot/fence"
 GATEWAY_IMAGE = re.compile(r"(apisix|api7)[^/]*$")
@@ -87,6 +95,9 @@ class KubernetesBackend:
         self.settings = settings
         self.calls = calls
         self.ns = settings.namespace
+        self._release: HelmRelease | None = None
+        self.revisions: tuple[int, int] | None = None
+        """(before, after) of the last Helm upgrade or rollback this backend made."""
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -177,6 +188,75 @@ class KubernetesBackend:
 
     # --- changing ---------------------------------------------------------------------------
 
+    def strategy(self, d: Any) -> str:
+        if self.settings.strategy:
+            return self.settings.strategy
+        return "helm" if helm_managed(d) else "patch"
+
+    def release(self, d: Any) -> HelmRelease:
+        if self._release is None:
+            name = self.settings.helm.release or (d.metadata.annotations or {}).get(
+                "meta.helm.sh/release-name"
+            )
+            if not name:
+                raise PermanentError(
+                    f"{self.group}: deployment {d.metadata.name} names no Helm release "
+                    "(annotation meta.helm.sh/release-name): set backend.helm.release"
+                )
+            extra = {}
+            if self.settings.helm.values_file:
+                try:
+                    extra = yaml.safe_load(Path(self.settings.helm.values_file).read_text()) or {}
+                except (OSError, yaml.YAMLError) as exc:
+                    raise PermanentError(
+                        f"{self.group}: backend.helm.values_file cannot be read ({exc})"
+                    ) from None
+            self._release = HelmRelease(
+                name,
+                self.ns,
+                kubeconfig=self.settings.kubeconfig,
+                context=self.settings.context,
+                chart=self.settings.helm.chart,
+                chart_version=self.settings.helm.chart_version,
+                extra_values=extra,
+                values_key=self.settings.helm.values_key,
+                read_secret=lambda secret: self.calls.read_secret_data(self.ns, secret),
+            )
+        return self._release
+
+    async def _helm_to(self, d: Any, container: Any, image: str, fence: str | None) -> Any:
+        """Bring the release to ``image``: undo upgrade-bot's upgrade by a Helm rollback to the
+        recorded revision, or upgrade with only the tag changed; idempotent."""
+        annotations = self._check_fence(d, fence)
+        body: dict[str, Any] = {}
+        if annotations and (d.metadata.annotations or {}).get(FENCE_ANNOTATION) != fence:
+            body["metadata"] = {"annotations": annotations}
+        if d.spec.paused:
+            body["spec"] = {"paused": False}  # a rollback unpauses first
+        if body:
+            d = await self.calls.patch_deployment(self.ns, d.metadata.name, body)
+        release = self.release(d)
+        rolled_back = await release.rollback_to_tag(image)
+        if rolled_back is not None:
+            self.revisions = rolled_back
+            log.info(
+                "%s: Helm release %s rolled back to revision %s (now revision %s)",
+                self.group,
+                release.name,
+                *rolled_back,
+            )
+        else:
+            self.revisions = await release.upgrade(image, fence)
+            log.info(
+                "%s: Helm release %s at revision %s (was %s) for %s",
+                self.group,
+                release.name,
+                self.revisions[1],
+                self.revisions[0],
+                image,
+            )
+        return await self.deployment()
+
     def _check_fence(self, d: Any, fence: str | None) -> dict[str, str]:
         """The annotation to write, or ``PermanentError`` for a stale driver."""
         if not fence:
@@ -229,15 +309,11 @@ class KubernetesBackend:
         for slot_id in asked:
             if not slot_id.startswith(self.group + "/"):
                 raise PermanentError(f"slot '{slot_id}' is not in group '{self.group}'")
-        labels = d.metadata.labels or {}
-        if labels.get("app.kubernetes.io/managed-by") == "Helm" and self.settings.strategy is None:
-            raise PermanentError(
-                f"{self.group}: deployment {d.metadata.name} is managed by Helm; patching it "
-                "directly is reverted by the next `helm upgrade`: set backend.strategy: patch "
-                "to do it anyway"
-            )
         replicas = d.spec.replicas if d.spec.replicas is not None else 1
-        d = await self._bring_template_to(d, container, image, fence)
+        if self.strategy(d) == "helm":
+            d = await self._helm_to(d, container, image, fence)
+        else:
+            d = await self._bring_template_to(d, container, image, fence)
         follower = _Follower(self, image, container.name, replicas, asked, progress)
         return await follower.follow(ready_timeout_s, pause)
 
@@ -250,10 +326,29 @@ class KubernetesBackend:
         d = await self.deployment()
         container = self.container_of(d.spec.template.spec)
         pdbs = await self.calls.list_pdbs(self.ns)
-        return preflight_warnings(d, container, pdbs, strategy=self.settings.strategy or "patch")
+        strategy = self.strategy(d)
+        warnings = preflight_warnings(d, container, pdbs, strategy=strategy)
+        if strategy == "helm":
+            release = self.release(d)
+            changes = await release.plan(container.image)
+            if changes:
+                warnings.append(
+                    f"helm release {release.name}: the upgrade also changes " + "; ".join(changes)
+                )
+        return warnings
 
     async def close(self) -> None:
+        if self._release is not None:
+            await self._release.close()
         await self.calls.close()
+
+
+def helm_managed(d: Any) -> bool:
+    """Helm's marks on what it installs: label ``app.kubernetes.io/managed-by: Helm`` and
+    annotation ``meta.helm.sh/release-name`` (helm/helm ``pkg/action/validate.go``)."""
+    return (d.metadata.labels or {}).get("app.kubernetes.io/managed-by") == "Helm" and bool(
+        (d.metadata.annotations or {}).get("meta.helm.sh/release-name")
+    )
 
 
 def pod_ready(pod: Any) -> bool:

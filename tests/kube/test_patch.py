@@ -20,7 +20,7 @@ from upgrade_bot.sandbox.spec import Fault
 from upgrade_bot.sandbox.traffic import TrafficGenerator
 
 from ..support import eventually
-from .manifests import API7_CONTAINER, API7_DEPLOYMENT, API7_IMAGE, api7_deployment
+from .manifests import API7_DEPLOYMENT, API7_IMAGE, api7_deployment
 
 NEW_IMAGE = "api7/api7-ee-3-gateway:3.10.6"
 SELECTOR = {"app.kubernetes.io/name": "gateway", "app.kubernetes.io/instance": API7_DEPLOYMENT}
@@ -301,26 +301,3 @@ async def test_an_autoscaler_or_gitops_change_is_reported_not_fought(
         assert template_image(cluster, namespace) == API7_IMAGE  # not fought
     finally:
         await b.close()
-
-
-async def test_a_helm_managed_deployment_is_patched_only_when_asked(
-    cluster: EmulatedCluster, kubeconfig: Path, namespace: str
-) -> None:
-    await setup(cluster, namespace, replicas=1, paused=True)
-    b = build(
-        "g",
-        Settings(
-            type="kubernetes",
-            namespace=namespace,
-            selector=SELECTOR,
-            kubeconfig=str(kubeconfig),
-        ),
-    )
-    try:
-        with pytest.raises(PermanentError, match=r"managed by Helm.*strategy: patch"):
-            await b.ensure_group(NEW_IMAGE, slots=["g/0"], ready_timeout_s=5)
-        assert template_image(cluster, namespace) == API7_IMAGE
-        assert (await b.list_slots())[0].id == "g/0"
-    finally:
-        await b.close()
-    assert API7_CONTAINER == "gateway"

@@ -5,13 +5,15 @@ reads them."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from upgrade_bot.engine.backends.kubernetes import build
 from upgrade_bot.engine.config import KubernetesBackend as Settings
-from upgrade_bot.engine.errors import PermanentError, TemporaryError
+from upgrade_bot.engine.config import parse_config
+from upgrade_bot.engine.errors import ConfigError, PermanentError, TemporaryError
 from upgrade_bot.sandbox.kube.cluster import EmulatedCluster
 
 from .manifests import API7_DEPLOYMENT, api7_deployment
@@ -92,9 +94,7 @@ async def test_a_careful_set_up_gets_no_warning(
             "imagePullPolicy Always with the mutable tag 'latest'",
         ),
         (
-            lambda d: d["metadata"]["labels"].update(
-                {"argocd.argoproj.io/instance": "gateways"}
-            ),
+            lambda d: d["metadata"]["labels"].update({"argocd.argoproj.io/instance": "gateways"}),
             "managed by Argo CD",
         ),
     ],
@@ -155,3 +155,25 @@ async def test_refusals_name_the_verb_and_the_resource(
         cluster.allow_all()
         await b.close()
         await missing.close()
+
+
+@pytest.mark.parametrize(
+    ("backend", "problem"),
+    [
+        ({"namespace": "api7"}, "set 'deployment' or 'selector'"),
+        (
+            {"deployment": "gw", "in_cluster": True, "kubeconfig": "/k"},
+            "'in_cluster' uses the pod's ServiceAccount",
+        ),
+        ({"deployment": "gw", "helm": {"chart_version": "2.15.0"}}, "'chart_version' needs"),
+        ({"deployment": "gw", "strategy": "replace"}, "strategy: Input should be 'helm' or"),
+    ],
+)
+def test_a_wrong_kubernetes_backend_is_a_clear_config_error(backend: dict, problem: str) -> None:
+    text = (
+        "groups:\n  - name: prod-eu\n    image: {repository: apache/apisix}\n"
+        f"    backend: {json.dumps({'type': 'kubernetes', **backend})}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "c.yaml")
+    assert any(problem in p for p in caught.value.problems), caught.value.problems

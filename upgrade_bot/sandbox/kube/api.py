@@ -44,7 +44,7 @@ import attrs
 import jsonpatch
 import yaml
 from kmock import KubernetesEmulator, ResourceInfo, resource
-from kmock._internal import rendering
+from kmock._internal import enums, parsing, rendering
 
 Obj = dict[str, Any]
 Key = tuple[str, str | None, str]
@@ -124,6 +124,31 @@ class KubeAPI(KubernetesEmulator):
             )
 
     # --- the HTTP entry ----------------------------------------------------------------------
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        """kmock parses every body as text; a protobuf body (Helm's release Secrets) is not
+        text, so such a request is parsed here and handed on the same way."""
+        if raw_request.content_type != PROTOBUF_TYPE:
+            return await super().__call__(raw_request)
+        body = await raw_request.read()
+        k8s = parsing.parse_path(raw_request.path)
+        method = enums.method(raw_request.method)
+        request = rendering.Request(
+            raw_request=raw_request,
+            url=raw_request.url,
+            method=raw_request.method,
+            params=dict(raw_request.query),
+            headers=dict(raw_request.headers),
+            body=body,
+            action=parsing.guess_k8s(k8s, method, dict(raw_request.query)),
+            resource=resource(group=k8s.group, version=k8s.version, plural=k8s.plural)
+            if k8s.group is not None
+            else None,
+            namespace=k8s.namespace,
+            name=k8s.name,
+            subresource=k8s.subresource,
+        )
+        return await self._handle(request)
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         path = request.url.path
@@ -504,6 +529,7 @@ def strategic_merge(target: Any, patch: Any, field: str = "") -> Any:
 
 # --- protobuf: Helm's release Secrets -----------------------------------------------------------
 
+PROTOBUF_TYPE = "application/vnd.kubernetes.protobuf"
 PROTOBUF_MAGIC = b"k8s\x00"
 """k8s.io/apimachinery pkg/runtime/serializer/protobuf: the 4-byte prefix before runtime.Unknown."""
 

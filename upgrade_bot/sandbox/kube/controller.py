@@ -35,7 +35,7 @@ import signal
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -556,7 +556,7 @@ class Controller:
             "--latency-ms",
             str(self.latency_ms),
             "--faults",
-            json.dumps(asdict(fault)),
+            json.dumps(fault.knobs()),
         ]
         proc = await asyncio.create_subprocess_exec(
             *args,
