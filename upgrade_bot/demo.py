@@ -27,6 +27,7 @@ from .engine import Run, ms, pct
 from .engine.config import load_config
 from .headless import EXIT_COMPLETED, EXIT_FAILED, EXIT_ROLLED_BACK
 from .sandbox import manage
+from .sandbox.kube.rehearsal import KubeSandbox
 from .sandbox.spec import READINESS_MODES, SandboxSpec, group_names, parse_fault
 from .serve import serving
 from .slackstub import SlackStub, buttons
@@ -58,6 +59,13 @@ def add_arguments(demo: argparse.ArgumentParser, version_type: Any, positive: An
         f"default status, tcp for --bad-release {'|'.join(TCP_READINESS_RELEASES)}",
     )
     demo.add_argument("--rate", type=float, default=150.0)
+    demo.add_argument(
+        "--backend",
+        choices=("local", "kubernetes"),
+        default="local",
+        help="local: gateway processes; kubernetes: an emulated cluster where each group is a "
+        "Helm release of the APISIX chart, upgraded with the kubernetes backend",
+    )
     demo.add_argument(
         "--quiet", action="store_true", help="print only the report, not the live transcript"
     )
@@ -196,7 +204,7 @@ class Rehearsal:
     """The engine's final record of the run."""
     report: dict[str, Any]
     """``build_report``: the run compared with the sandbox's observed truth."""
-    sandbox: manage.SandboxHandle
+    sandbox: manage.SandboxHandle | KubeSandbox
     slack: SlackStub
     """The Slack stand-in (stopped): every Web API call the bot made is in its record."""
 
@@ -260,7 +268,12 @@ async def rehearse(args: argparse.Namespace) -> AsyncIterator[Rehearsal]:
     if manage.read_state(directory.resolve()) is None:
         # A rehearsal starts clean: runs (and group locks) left by an interrupted demo go.
         shutil.rmtree(directory / manage.REDIS_DIR, ignore_errors=True)
-    handle = manage.up(directory, spec)
+    handle: manage.SandboxHandle | KubeSandbox
+    if getattr(args, "backend", "local") == "kubernetes":
+        print("kubernetes: an emulated cluster; each group is a Helm release of the APISIX chart")
+        handle = await asyncio.to_thread(KubeSandbox(directory, spec).up)
+    else:
+        handle = manage.up(directory, spec)
     stub = SlackStub()
     try:
         config = load_config(handle.config_path)
@@ -294,9 +307,14 @@ async def rehearse(args: argparse.Namespace) -> AsyncIterator[Rehearsal]:
         report = build_report(run, handle.status(), traffic_before, duration)
         report["slack"] = slack_summary(stub)
         report["charts"] = save_charts(stub, handle.dir / "charts")
+        if isinstance(handle, KubeSandbox):
+            report["helm_releases"] = await asyncio.to_thread(handle.releases)
         yield Rehearsal(run=run, report=report, sandbox=handle, slack=stub)
     finally:
-        manage.down(handle.dir)
+        if isinstance(handle, KubeSandbox):
+            await asyncio.to_thread(handle.down)
+        else:
+            manage.down(handle.dir)
 
 
 def _count(n: int, word: str) -> str:
@@ -382,3 +400,6 @@ def print_report(report: dict[str, Any]) -> None:
                 f"    {i['id']:<12} {i['version_before']} → {i['version_after']}  "
                 f"replaced {i['replacements']}x, restored {i['restorations']}x"
             )
+    for group, history in (report.get("helm_releases") or {}).items():
+        revisions = ", ".join(f"{h['revision']} {h['status']}" for h in history)
+        print(f"  helm release {group}/apisix: revisions {revisions}")

@@ -293,6 +293,18 @@ class HelmRelease:
             after = await self.latest()
             return target, int(after["revision"])
 
+    async def undo(self, image: str) -> tuple[int, int] | None:
+        """Roll back upgrade-bot's upgrade to ``image`` (the newest revision) to the revision
+        recorded before it; None when the newest revision is not such an upgrade."""
+        async with self._lock:
+            latest = await self.latest()
+            recorded = _recorded_from(latest["description"])
+            if recorded is None or not latest["description"].startswith(f"upgrade-bot: {image} "):
+                return None
+            await self._helm("rollback", lambda: self.cfg.rollback(self.name, version=recorded))
+            after = await self.latest()
+            return recorded, int(after["revision"])
+
     async def close(self) -> None:
         await asyncio.to_thread(self.cfg.close)
 

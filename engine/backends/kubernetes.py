@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
 from collections.abc import Sequence
@@ -52,6 +53,7 @@ from .kube_preflight import preflight_warnings
 log = logging.getLogger(__name__)
 
 FENCE_ANNOTATION = "upgrade-bot/fence"
+PREVIOUS_ANNOTATION = "upgrade-bot/previous-image"
 GATEWAY_IMAGE = re.compile(r"(apisix|api7)[^/]*$")
 """The gateway's image (the default container): ``apache/apisix``, ``api7/api7-ee-3-gateway``."""
 PROXY_PORT, STATUS_PORT, METRICS_PORT = 9080, 7085, 9091
@@ -214,7 +216,9 @@ class KubernetesBackend:
             self._release = HelmRelease(
                 name,
                 self.ns,
-                kubeconfig=self.settings.kubeconfig,
+                kubeconfig=os.path.expanduser(self.settings.kubeconfig)
+                if self.settings.kubeconfig
+                else None,
                 context=self.settings.context,
                 chart=self.settings.helm.chart,
                 chart_version=self.settings.helm.chart_version,
@@ -284,6 +288,10 @@ class KubernetesBackend:
             body.setdefault("spec", {})["template"] = {
                 "spec": {"containers": [{"name": container.name, "image": image}]}
             }
+            # Where to go back to if the new image never gets a pod ready (see ``undo``).
+            body.setdefault("metadata", {}).setdefault("annotations", {})[PREVIOUS_ANNOTATION] = (
+                container.image
+            )
         if d.spec.paused:
             body.setdefault("spec", {})["paused"] = False
         if not body:
@@ -316,6 +324,27 @@ class KubernetesBackend:
             d = await self._bring_template_to(d, container, image, fence)
         follower = _Follower(self, image, container.name, replicas, asked, progress)
         return await follower.follow(ready_timeout_s, pause)
+
+    async def undo(self, image: str) -> str | None:
+        """Put back what the Deployment ran before upgrade-bot brought it to ``image``, when no
+        pod of ``image`` ever became ready (so no slot of it is the engine's to restore): the
+        recorded previous image (``patch``) or the recorded Helm revision (``helm``). Returns
+        what it went back to, or None."""
+        d = await self.deployment()
+        container = self.container_of(d.spec.template.spec)
+        if container.image != image:
+            return None
+        if self.strategy(d) == "helm":
+            back = await self.release(d).undo(image)
+            if back is None:
+                return None
+            self.revisions = back
+            return f"Helm revision {back[0]} (now revision {back[1]})"
+        previous = (d.metadata.annotations or {}).get(PREVIOUS_ANNOTATION)
+        if not previous or previous == image:
+            return None
+        await self._bring_template_to(d, container, previous, None)
+        return previous
 
     async def pause_rollout(self) -> None:
         d = await self.deployment()
@@ -442,10 +471,15 @@ class _Follower:
                     if stuck
                     else f"not ready within {ready_timeout_s:g}s"
                 )
-                error = NotReadyError(
+                message = (
                     f"{todo[0]}: {self.image} {why}; {len(new_ready)} of {self.replicas} pods "
                     "ready on it"
                 )
+                if not new_ready and not self.ready:
+                    back = await self.b.undo(self.image)
+                    if back:
+                        message += f"; the Deployment was put back on {back}"
+                error = NotReadyError(message)
                 self._report(SlotProgress(todo[0], SlotStep.FAILED, error=error))
                 return Rollout(
                     ready={s: self.ready[s] for s in self.asked if s in self.ready},

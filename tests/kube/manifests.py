@@ -8,9 +8,11 @@ from typing import Any
 
 import yaml
 
+from upgrade_bot.sandbox.kube import CHART_DIR
+
 CHARTS = Path(__file__).parent.parent / "fixtures" / "vendor-charts"
 API7_RENDERED = CHARTS / "rendered-api7-gateway-3.10.12.yaml"
-APISIX_CHART = CHARTS / "apisix-2.14.0"
+APISIX_CHART = CHART_DIR / "apisix-2.14.0"
 API7_DEPLOYMENT = "api7-ee-3-gateway"
 API7_CONTAINER = "gateway"
 API7_IMAGE = "api7/api7-ee-3-gateway:3.10.5"

@@ -156,7 +156,11 @@ async def test_an_image_that_never_becomes_ready_is_detected_and_rolled_back(
             assert list(stuck.failed) == ["g/0"]
             assert isinstance(stuck.failed["g/0"], NotReadyError)
             assert "not ready within 3s" in str(stuck.failed["g/0"])
-            # maxUnavailable 0: the old pods kept serving all along; the rollback restores.
+            # No pod of it was ever ready, so no slot is the engine's to restore: the backend
+            # put the previous image back itself. maxUnavailable 0: the old pods kept serving.
+            assert f"the Deployment was put back on {API7_IMAGE}" in str(stuck.failed["g/0"])
+            assert template_image(cluster, namespace) == API7_IMAGE
+            await rolled_out(cluster, namespace, API7_IMAGE, 2)
             restored = await b.ensure_group(API7_IMAGE, slots=["g/1"], ready_timeout_s=30)
             counts = traffic.counts()
         assert restored.complete
@@ -180,6 +184,7 @@ async def test_progress_deadline_exceeded_fails_the_rollout(
         )
         assert list(stuck.failed) == ["g/0"] and stuck.pending == ("g/1",)
         assert "ProgressDeadlineExceeded" in str(stuck.failed["g/0"])
+        assert template_image(cluster, namespace) == API7_IMAGE  # put back
         restored = await b.ensure_group(API7_IMAGE, slots=["g/1"], ready_timeout_s=30)
         assert restored.complete
     finally:

@@ -11,5 +11,13 @@ No API server binary can be had on these machines (DESIGN.md §9), so the cluste
   simulator processes whose readiness is the probe the pod declares;
 * :mod:`.cluster` — both on their own thread and event loop (the official client blocks), with
   a front door per Service-like selector, a kubeconfig, and a timing scale factor so that the
-  vendor charts' 10 s delays and 30 s preStop sleeps do not make rehearsals slow.
+  vendor charts' 10 s delays and 30 s preStop sleeps do not make rehearsals slow;
+* :mod:`.rehearsal` — the cluster as ``upgrade-bot demo --backend kubernetes`` uses it: the
+  vendor's APISIX chart (``charts/apisix-2.14.0``, see ``charts/SOURCE.md``) installed as one
+  Helm release per group, front doors, traffic, Redis, a bot configuration.
 """
+
+from pathlib import Path
+
+CHART_DIR = Path(__file__).parent / "charts"
+"""Vendor charts shipped with the sandbox (the demo installs them; tests use them too)."""

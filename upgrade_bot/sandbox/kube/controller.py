@@ -130,6 +130,12 @@ class Controller:
         self.tick_s = tick_s
         self.ip_prefix = ip_prefix
         self.pods: dict[tuple[str | None, str], PodRuntime] = {}
+        self.history: dict[tuple[str | None, str], list[str]] = {}
+        """Per Deployment (namespace, name): the versions its pods ran, one entry per completed
+        rollout — the cluster's own record, independent of any client's."""
+        self.served_before_ready: dict[tuple[str | None, str], int] = {}
+        """Per Deployment: requests its pods answered before they were ready (the simulator's
+        own count, read from each pod before it stops)."""
         self._progress: dict[str, _Progress] = {}
         self._next_ip = 1
         self._stopping = False
@@ -317,6 +323,15 @@ class Controller:
         ready = sum(is_ready(p) for p in live)
         updated_ready = sum(is_ready(p) for p in new_pods)
         complete = len(new_pods) == desired and updated_ready == desired and not old_pods
+        if complete:
+            image = _gateway_container({"spec": d["spec"]["template"].get("spec") or {}}).get(
+                "image", ""
+            )
+            with contextlib.suppress(ValueError):
+                version = version_of_image(image)
+                seen = self.history.setdefault((key[1], key[2]), [])
+                if not seen or seen[-1] != version:
+                    seen.append(version)
         uid = d["metadata"]["uid"]
         progress = self._progress.setdefault(uid, _Progress())
         signature = (generation, len(new_pods), updated_ready, len(old_pods))
@@ -578,6 +593,7 @@ class Controller:
         """The kubelet's pod termination: out of the endpoints at once (not Ready), preStop,
         the stop signal, SIGKILL at the end of the grace period."""
         self._mark_ready(ns, name, container, False)
+        await self._collect_stats(pod, rt)
         grace = float(pod["spec"].get("terminationGracePeriodSeconds", 30)) * self.scale
         deadline = time.monotonic() + grace
         sleep_s = _pre_stop_sleep(container) * self.scale
@@ -593,6 +609,31 @@ class Controller:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
+
+    async def _collect_stats(self, pod: Obj, rt: PodRuntime) -> None:
+        if rt.process is None or self._session is None:
+            return
+        owner = _deployment_of(pod)
+        try:
+            async with self._session.get(
+                f"http://{rt.ip}:{STATUS_PORT}/sandbox/stats",
+                headers={"User-Agent": "sandbox-fleet/1"},
+            ) as resp:
+                stats = await resp.json()
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return
+        key = (pod["metadata"].get("namespace"), owner)
+        self.served_before_ready[key] = self.served_before_ready.get(key, 0) + int(
+            stats.get("served_before_ready", 0)
+        )
+
+
+def _deployment_of(pod: Obj) -> str:
+    """The Deployment a pod belongs to: its ReplicaSet's name less the template hash."""
+    for ref in pod["metadata"].get("ownerReferences") or []:
+        if ref.get("kind") == "ReplicaSet":
+            return str(ref["name"]).rsplit("-", 1)[0]
+    return ""
 
 
 async def _drain(proc: asyncio.subprocess.Process) -> None:
