@@ -827,6 +827,15 @@ def smoke_failed(group: str, failures: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def watch_failed(group: str, done: int, total: int, reasons: Sequence[str]) -> str:
+    lines = [
+        f":x: *{esc(group)}* fails while it is replaced ({done}/{total} slots on the new "
+        "version): no further slot is replaced"
+    ]
+    lines += [f"• {esc(r)}" for r in reasons[:4]]
+    return "\n".join(lines)
+
+
 def smoke_skipped(group: str, reason: str) -> str:
     return f":fast_forward: Smoke requests skipped on {esc(group)}: {esc(reason)}"
 

@@ -864,6 +864,12 @@ EVENT_POSTS: dict[EventKind, Callable[[_Ctx], Message | None]] = {
         lambda e: msg.smoke_skipped(e["group"], e.get("reason", "")), False
     ),
     EventKind.METRICS_SUMMARY: lambda c: metrics_summary(c.event, event_id=c.event_id),
+    EventKind.WATCH_FAILED: _simple(
+        lambda e: msg.watch_failed(
+            e["group"], e["done"], e["total"], (e.get("verdict") or {}).get("reasons") or []
+        ),
+        True,
+    ),
     EventKind.GATE_OPENED: _elsewhere,  # gate_message, then gate_decided
     EventKind.GATE_REMINDER: _reminder,
     EventKind.GATE_EXPIRED: _elsewhere,

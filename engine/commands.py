@@ -279,6 +279,8 @@ def _rollback(acc: Acc, cmd: Command, config: Config) -> Decision | None:
 def rollback_reason(run: Run, user: str) -> str:
     """Who asked, and at an open gate the verdict they saw (the rule and its numbers)."""
     reason = f"rollback requested by {user}"
+    if run.state == RunState.PAUSED and run.reason:
+        return f"{reason} while paused: {run.reason}"
     gate = run.gate
     if gate is None or gate.decision is not None:
         return reason

@@ -98,6 +98,12 @@ class Rollout(Model):
     """How long to measure before the group's first replacement."""
     settle_s: float = Field(30, ge=0)
     """How long to measure after the group's last replacement before the verdict."""
+    watch: bool = True
+    """Judge the metrics since the first replacement after each batch, before the next one: a
+    clear ``fail`` (on at least the thresholds' ``min_requests``) halts the group there."""
+    on_watch_fail: Literal["pause", "rollback"] = "pause"
+    """What a failed watch does: pause the run (the on-call engineer resumes or rolls back) or
+    roll back at once."""
 
 
 class StatusReadiness(Model):
@@ -305,6 +311,23 @@ class ScrapeMetrics(Model):
     """Evidence by scraping every instance's APISIX prometheus plugin (the default source)."""
 
     type: Literal["scrape"] = "scrape"
+    prefix: str = Field("apisix_", pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+    """The exporter's ``plugin_attr.prometheus.metric_prefix`` (apache/apisix
+    apisix/cli/config.lua: default ``apisix_``)."""
+    exporter_refresh_s: float = Field(15, ge=0)
+    """How often the exporter renews what it serves: from APISIX 3.14 it serves a cached
+    exposition refreshed every ``plugin_attr.prometheus.refresh_interval`` (15 s by default,
+    apache/apisix apisix/plugins/prometheus/exporter.lua) and answers 500 "no data available"
+    until its first refresh; 0 for gateways that render on every scrape. A window must last at
+    least twice this long, and a "no data available" is waited out for as long."""
+
+    def min_window_s(self) -> float:
+        """The shortest window these metrics can resolve."""
+        return 2 * self.exporter_refresh_s
+
+    def describe_resolution(self) -> str:
+        every = f"{self.exporter_refresh_s:g} s"
+        return f"the exporter refreshes every {every} (metrics.exporter_refresh_s)"
 
 
 # A second source adds its model here (a union discriminated by ``type``) and its factory to
@@ -344,6 +367,26 @@ class Config(Model):
             if g.name in seen:
                 raise ValueError(f"group name '{g.name}' appears twice")
             seen.add(g.name)
+        return self
+
+    @model_validator(mode="after")
+    def _windows_the_metrics_can_resolve(self) -> Config:
+        """A window shorter than the metrics' resolution measures nothing: refuse it."""
+        minimum = self.metrics.min_window_s()
+        problems = []
+        for g in self.groups:
+            rollout = self.rollout_for(g.name)
+            where = "groups (" + g.name + ").rollout" if g.rollout else "defaults.rollout"
+            for name in ("baseline_window_s", "settle_s"):
+                value = getattr(rollout, name)
+                if value < minimum:
+                    problems.append(
+                        f"{where}.{name}: {value:g} s is shorter than the metrics can resolve: "
+                        f"{self.metrics.describe_resolution()}, so a window needs at least "
+                        f"{minimum:g} s"
+                    )
+        if problems:
+            raise ValueError("; ".join(dict.fromkeys(problems)))
         return self
 
     def group(self, name: str) -> Group:

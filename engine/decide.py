@@ -149,8 +149,11 @@ def _group_step(acc: Acc, config: Config) -> None:
         if g.window_until is not None and acc.now < g.window_until:
             acc.wake(g.window_until)
             return
-        mark = g.baseline_snapshot if phase == GroupPhase.BASELINE_END else g.settle_snapshot
-        acc.act(EffectKind.MEASURE, key, group=g.name, mark=mark)
+        if phase == GroupPhase.BASELINE_END:
+            # The baseline's end is the watch window's start: a fresh mark comes back too.
+            acc.act(EffectKind.MEASURE, key, group=g.name, mark=g.baseline_snapshot, restart=True)
+        else:
+            acc.act(EffectKind.MEASURE, key, group=g.name, mark=g.settle_snapshot)
     elif phase == GroupPhase.REPLACE:
         _replace_step(acc, config, g, key)
     elif phase == GroupPhase.SMOKE:
@@ -187,6 +190,17 @@ def _replace_step(acc: Acc, config: Config, g: GroupRun, key: str) -> None:
     if not todo:
         acc.set(phase=GroupPhase.SMOKE)
         _group_step(acc, config)
+        return
+    done = sum(1 for s in g.slots if s.status == SlotStatus.DONE)
+    if done > g.watched and g.watch_snapshot is not None and config.rollout_for(g.name).watch:
+        # Before the next batch: the metrics since the first replacement, judged.
+        acc.act(
+            EffectKind.MEASURE,
+            f"{key}:watch:{done}",
+            group=g.name,
+            mark=g.watch_snapshot,
+            watch=done,
+        )
         return
     batch = todo[: g.batch_size]
     for s in batch:

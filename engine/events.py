@@ -43,6 +43,7 @@ class EventKind(StrEnum):
     SMOKE_FAILED = "smoke_failed"
     SMOKE_SKIPPED = "smoke_skipped"
     METRICS_SUMMARY = "metrics_summary"
+    WATCH_FAILED = "watch_failed"
     GATE_OPENED = "gate_opened"
     GATE_REMINDER = "gate_reminder"
     GATE_EXPIRED = "gate_expired"
@@ -245,6 +246,17 @@ class MetricsSummary(Event):
     verdict: dict[str, Any]  # Verdict.to_dict()
 
 
+class WatchFailed(Event):
+    """The metrics since the group's first replacement failed before its next batch."""
+
+    group: str
+    done: int
+    total: int
+    before: dict[str, Any]  # Summary.to_dict()
+    after: dict[str, Any]
+    verdict: dict[str, Any]  # Verdict.to_dict()
+
+
 # --- the approval gate --------------------------------------------------------------------------
 
 
@@ -382,6 +394,7 @@ EVENT_FIELDS: dict[EventKind, type[Event]] = {
     EventKind.SMOKE_FAILED: SmokeFailed,
     EventKind.SMOKE_SKIPPED: SmokeSkipped,
     EventKind.METRICS_SUMMARY: MetricsSummary,
+    EventKind.WATCH_FAILED: WatchFailed,
     EventKind.GATE_OPENED: GateOpened,
     EventKind.GATE_REMINDER: GateReminder,
     EventKind.GATE_EXPIRED: GateExpired,

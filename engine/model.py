@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum, StrEnum
 from typing import Any, TypeVar, Union, get_args, get_origin
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """2: ``cp`` split into ``cp_version``, ``seen_revision`` and ``intent``; see ``schema.py``."""
 
 
@@ -263,6 +263,12 @@ class GroupRun(Record):
     started_at: float | None = None
     finished_at: float | None = None
     replaced_at: tuple[float, ...] = ()
+    watch_snapshot: dict[str, Any] | None = None
+    """Where the watch window starts: the source's mark taken as the baseline ended."""
+    watched: int = 0
+    """How many slots were done when the metrics were last watched (one watch per batch)."""
+    watch: dict[str, Any] | None = None
+    """The last watch: ``{"after": Summary dict, "verdict": Verdict dict, "done": n}``."""
 
     def slot(self, slot_id: str) -> SlotRun:
         for s in self.slots:

@@ -15,6 +15,7 @@ from .metrics import Summary
 from .model import (
     EffectKind,
     GroupPhase,
+    GroupRun,
     GroupStatus,
     Hold,
     Pending,
@@ -25,7 +26,7 @@ from .model import (
 )
 from .rollback import rollback_failed, start_rollback
 from .transition import Acc, Failure, Outcome, fail, finish
-from .verdict import inconclusive, judge
+from .verdict import Phase, inconclusive, judge
 from .versions import Version, path_warning
 
 MAX_ATTEMPTS = 5
@@ -175,8 +176,10 @@ def _on_measure(acc: Acc, p: Pending, result: dict[str, Any], config: Config) ->
         acc.set(phase=GroupPhase.BASELINE_END)
     elif run.phase == GroupPhase.BASELINE_END:
         before = Summary.from_dict(result["summary"]).to_dict()
-        acc.group(g.with_(before=before, window_until=None))
+        acc.group(g.with_(before=before, window_until=None, watch_snapshot=result.get("mark")))
         acc.set(phase=GroupPhase.REPLACE)
+    elif run.phase == GroupPhase.REPLACE and "watch" in p.args:
+        _on_watch(acc, g, Summary.from_dict(result["summary"]), int(p.args["watch"]), config)
     elif run.phase == GroupPhase.SETTLE_START:
         acc.group(
             g.with_(
@@ -201,6 +204,45 @@ def _on_measure(acc: Acc, p: Pending, result: dict[str, Any], config: Config) ->
             verdict=verdict.to_dict(),
         )
         acc.set(phase=GroupPhase.FREEZE_CHECK)
+
+
+def _on_watch(acc: Acc, g: GroupRun, now: Summary, done: int, config: Config) -> None:
+    """The metrics since the group's first replacement, judged before its next batch."""
+    if g.before is None:
+        acc.group(g.with_(watched=done))
+        return
+    verdict = judge(Summary.from_dict(g.before), now, config.thresholds_for(g.name))
+    acc.group(
+        g.with_(
+            watched=done,
+            watch={"after": now.to_dict(), "verdict": verdict.to_dict(), "done": done},
+        )
+    )
+    if verdict.phase is not Phase.FAIL:
+        return
+    total = len(g.slots)
+    reason = (
+        f"metrics watched during the replacement of {g.name} failed after {done} of {total} "
+        "slots: " + "; ".join(verdict.reasons)
+    )
+    acc.emit(
+        EventKind.WATCH_FAILED,
+        group=g.name,
+        done=done,
+        total=total,
+        before=g.before,
+        after=now.to_dict(),
+        verdict=verdict.to_dict(),
+    )
+    if config.rollout_for(g.name).on_watch_fail == "rollback":
+        start_rollback(acc, reason, by="engine", automatic=True)
+        return
+    acc.set(
+        state=RunState.PAUSED,
+        paused_from=RunState.RUNNING,
+        reason=reason + " — resume to go on with the next slot, or roll back",
+    )
+    acc.emit(EventKind.PAUSED, by="engine", reason=acc.run.reason)
 
 
 def _on_ensure_slots(acc: Acc, p: Pending, result: dict[str, Any], config: Config) -> None:

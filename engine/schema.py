@@ -52,8 +52,18 @@ def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 2 → 3: groups watch their metrics while they are replaced. A group saved before
+    has no watch window (its mark was never taken): it is not watched, as when it was saved."""
+    data = dict(data)
+    data["groups"] = [
+        {**g, "watch_snapshot": None, "watched": 0, "watch": None} for g in data.get("groups", ())
+    ]
+    return data
+
+
 # schema N → N+1, applied in order. Each takes and returns the JSON dict.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def plan_hash(target_version: str, groups: tuple[GroupRun, ...] | list[GroupRun]) -> str:

@@ -111,6 +111,8 @@ def test_sandbox_up_status_down(tmp_path: Path) -> None:
             "error_ratio": 0.2,
             "added_latency_ms": 0.0,
             "no_cp": False,
+            "no_config": False,
+            "only_slot": None,
         }
 
         # status --json: exactly the documented shape, and traffic flowing.

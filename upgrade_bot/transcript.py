@@ -124,6 +124,10 @@ LINES: dict[EventKind, Callable[[Event], str | None]] = {
     ),
     EventKind.SMOKE_SKIPPED: _silent,  # no slot was replaced: the verdict says the rest
     EventKind.METRICS_SUMMARY: _metrics_summary,
+    EventKind.WATCH_FAILED: lambda e: (
+        f"[{e['group']}] FAIL while replacing ({e['done']}/{e['total']} slots): "
+        + "; ".join((e.get("verdict") or {}).get("reasons") or [])
+    ),
     EventKind.GATE_OPENED: lambda e: (
         f"[{e['group']}] waiting for approval ({e['required']} needed; recommended: "
         f"{e['recommend']})"

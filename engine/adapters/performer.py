@@ -148,6 +148,11 @@ class EffectPerformer:
         # A window's start (a mark), or, given its start, its summary from there to now.
         if "mark" in args:
             summary = await self.metrics.summarize(args["group"], args["mark"])
+            if args.get("restart"):  # and the next window starts here
+                return {
+                    "summary": summary.to_dict(),
+                    "mark": await self.metrics.mark(args["group"]),
+                }
             return {"summary": summary.to_dict()}
         return {"mark": await self.metrics.mark(args["group"])}
 

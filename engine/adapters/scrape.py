@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import time
 from collections.abc import Callable, Mapping
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from ..backends.base import Backend
+from ..config import ScrapeMetrics
 from ..errors import PermanentError, TemporaryError
 from ..metrics import InstanceSample, Snapshot, Summary, merge_buckets, summary_since
 from ..sources import Mark, SeriesPoint
@@ -26,14 +28,12 @@ from .controlplane import host_port
 
 METRICS_PATH = "/apisix/prometheus/metrics"
 
-# prometheus_client's parser reports a counter's samples as `<name>_total` even when the text
-# says `apisix_http_status`; an exposition without TYPE lines keeps the bare name. Accept both.
-STATUS_SAMPLES = frozenset({"apisix_http_status", "apisix_http_status_total"})
-LATENCY_BUCKET = "apisix_http_latency_bucket"
-LATENCY_SUM = "apisix_http_latency_sum"
-LATENCY_COUNT = "apisix_http_latency_count"
-NODE_INFO = "apisix_node_info"
+DEFAULT_PREFIX = "apisix_"
+"""``plugin_attr.prometheus.metric_prefix`` unless set (apache/apisix apisix/cli/config.lua)."""
 REQUEST_LATENCY_TYPE = "request"
+NO_DATA = "no data available"
+"""What APISIX 3.14+ answers (500) before its exporter first rendered (exporter.lua
+``get_cached_metrics``): waited out, never read as a broken instance."""
 # labels of one latency series except `le`: which buckets belong together
 _SERIES_LABELS = ("type", "route", "service", "consumer", "node")
 
@@ -46,7 +46,19 @@ def _le(text: str) -> float | None:
     return None if math.isnan(value) else value
 
 
-def parse_metrics(text: str, instance_id: str) -> InstanceSample:
+def _names(prefix: str) -> tuple[frozenset[str], str, str, str, str]:
+    # prometheus_client's parser reports a counter's samples as `<name>_total` even when the
+    # text says `apisix_http_status`; an exposition without TYPE lines keeps the bare name.
+    return (
+        frozenset({prefix + "http_status", prefix + "http_status_total"}),
+        prefix + "http_latency_bucket",
+        prefix + "http_latency_sum",
+        prefix + "http_latency_count",
+        prefix + "node_info",
+    )
+
+
+def parse_metrics(text: str, instance_id: str, prefix: str = DEFAULT_PREFIX) -> InstanceSample:
     """Read one instance's prometheus text into an :class:`InstanceSample`.
 
     Requests and status classes come from ``apisix_http_status`` (summed over all labels);
@@ -55,6 +67,7 @@ def parse_metrics(text: str, instance_id: str) -> InstanceSample:
     ``apisix_node_info``. Missing metrics count as zero (a fresh instance exports no status
     series). Raises ValueError when ``text`` is not prometheus text.
     """
+    status_samples, latency_bucket, latency_sum_name, latency_count_name, node_info = _names(prefix)
     requests = 0
     by_class = {"2": 0, "3": 0, "4": 0, "5": 0}
     not_found = 0
@@ -69,7 +82,7 @@ def parse_metrics(text: str, instance_id: str) -> InstanceSample:
             name, labels, value = sample.name, sample.labels, sample.value
             if not math.isfinite(value):
                 continue
-            if name in STATUS_SAMPLES:
+            if name in status_samples:
                 count = round(value)
                 requests += count
                 code = labels.get("code", "")
@@ -77,20 +90,20 @@ def parse_metrics(text: str, instance_id: str) -> InstanceSample:
                     by_class[code[0]] += count
                 if code == "404":
                     not_found += count
-            elif name == NODE_INFO:
+            elif name == node_info:
                 if version is None and hostname is None:  # one per node; keep the first
                     version = labels.get("version") or None
                     hostname = labels.get("hostname") or None
             elif labels.get("type") != REQUEST_LATENCY_TYPE:
                 continue  # the "upstream" and "apisix" latency series, and everything else
-            elif name == LATENCY_BUCKET:
+            elif name == latency_bucket:
                 le = _le(labels.get("le", ""))
                 if le is not None:
                     key = tuple(labels.get(k, "") for k in _SERIES_LABELS)
                     series.setdefault(key, []).append((le, value))
-            elif name == LATENCY_SUM:
+            elif name == latency_sum_name:
                 latency_sum += value
-            elif name == LATENCY_COUNT:
+            elif name == latency_count_name:
                 latency_count += round(value)
 
     return InstanceSample(
@@ -109,30 +122,54 @@ def parse_metrics(text: str, instance_id: str) -> InstanceSample:
     )
 
 
-async def _scrape_one(instance_id: str, base_url: str, client: httpx.AsyncClient) -> InstanceSample:
+async def _scrape_one(
+    instance_id: str,
+    base_url: str,
+    client: httpx.AsyncClient,
+    prefix: str = DEFAULT_PREFIX,
+    no_data_wait_s: float = 0.0,
+) -> InstanceSample:
     where = host_port(base_url)
     url = base_url.rstrip("/") + METRICS_PATH
-    try:
-        resp = await client.get(url)
-    except httpx.InvalidURL:
-        raise PermanentError(f"metrics URL of instance {instance_id} is invalid") from None
-    except httpx.HTTPError as exc:
+    deadline = time.monotonic() + no_data_wait_s
+    while True:
+        try:
+            resp = await client.get(url)
+        except httpx.InvalidURL:
+            raise PermanentError(f"metrics URL of instance {instance_id} is invalid") from None
+        except httpx.HTTPError as exc:
+            raise TemporaryError(
+                f"metrics of instance {instance_id} at {where} unreachable ({type(exc).__name__})"
+            ) from None
+        no_data = resp.status_code == 500 and NO_DATA in resp.text
+        if not no_data or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(min(1.0, max(0.05, no_data_wait_s / 20)))
+    if no_data:
         raise TemporaryError(
-            f"metrics of instance {instance_id} at {where} unreachable ({type(exc).__name__})"
-        ) from None
+            f"metrics of instance {instance_id} at {where} have no data yet (its exporter "
+            f"answered '{NO_DATA}' for {no_data_wait_s:g} s)"
+        )
     if resp.status_code != 200:
         raise TemporaryError(
             f"metrics of instance {instance_id} at {where} answered HTTP {resp.status_code}"
         )
     try:
-        return parse_metrics(resp.text, instance_id)
+        return parse_metrics(resp.text, instance_id, prefix)
     except ValueError:
         raise TemporaryError(
             f"metrics of instance {instance_id} at {where} are not prometheus text"
         ) from None
 
 
-async def scrape(targets: Mapping[str, str], client: httpx.AsyncClient, *, now: float) -> Snapshot:
+async def scrape(
+    targets: Mapping[str, str],
+    client: httpx.AsyncClient,
+    *,
+    now: float,
+    prefix: str = DEFAULT_PREFIX,
+    no_data_wait_s: float = 0.0,
+) -> Snapshot:
     """Scrape every target concurrently into a :class:`Snapshot` taken at ``now``.
 
     ``targets`` maps instance id to the metrics base URL (``http://10.0.0.5:9091``). Either
@@ -142,7 +179,8 @@ async def scrape(targets: Mapping[str, str], client: httpx.AsyncClient, *, now: 
     """
     ids = list(targets)
     results = await asyncio.gather(
-        *(_scrape_one(i, targets[i], client) for i in ids), return_exceptions=True
+        *(_scrape_one(i, targets[i], client, prefix, no_data_wait_s) for i in ids),
+        return_exceptions=True,
     )
     samples: list[InstanceSample] = []
     errors: list[BaseException] = []
@@ -176,10 +214,12 @@ class ScrapeSource:
         backends: Mapping[str, Backend],
         http: httpx.AsyncClient,
         now: Callable[[], float],
+        settings: ScrapeMetrics | None = None,
     ) -> None:
         self.backends = backends
         self.http = http
         self.now = now
+        self.settings = settings or ScrapeMetrics(exporter_refresh_s=0)
 
     async def snapshot(self, group: str) -> Snapshot:
         """Every instance of ``group`` scraped now."""
@@ -196,7 +236,13 @@ class ScrapeSource:
         }
         if not targets:
             raise TemporaryError(f"{group}: no instance exposes metrics")
-        return await scrape(targets, self.http, now=self.now())
+        return await scrape(
+            targets,
+            self.http,
+            now=self.now(),
+            prefix=self.settings.prefix,
+            no_data_wait_s=self.settings.exporter_refresh_s,
+        )
 
     async def mark(self, group: str) -> Mark:
         """The window starts at a snapshot of every instance's counters."""

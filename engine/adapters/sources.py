@@ -17,7 +17,7 @@ SourceFactory = Callable[..., MetricsSource]
 """``(settings, *, backends, http, now) -> MetricsSource``; settings: the ``metrics`` model."""
 
 SOURCES: dict[str, SourceFactory] = {
-    "scrape": lambda settings, *, backends, http, now: ScrapeSource(backends, http, now),
+    "scrape": lambda settings, *, backends, http, now: ScrapeSource(backends, http, now, settings),
 }
 
 

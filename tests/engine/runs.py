@@ -216,7 +216,10 @@ class Fleet:
         """What the scraping metrics source answers: a window's mark, or its summary."""
         snapshot = self.snapshot(effect.args["group"], now)
         if "mark" in effect.args:
-            return {"summary": summary_since(effect.args["mark"], snapshot).to_dict()}
+            summary = {"summary": summary_since(effect.args["mark"], snapshot).to_dict()}
+            if effect.args.get("restart"):  # the next window starts where this one ends
+                return {**summary, "mark": dataclasses.asdict(snapshot)}
+            return summary
         return {"mark": dataclasses.asdict(snapshot)}
 
     def ensure_slots(self, effect: Pending, now: float) -> dict[str, Any]:

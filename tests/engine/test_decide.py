@@ -89,7 +89,17 @@ def test_a_run_goes_through_every_step_and_completes_with_the_freeze_lifted() ->
 
     assert sim.run.state == COMPLETED
     assert sim.run.reason == "every group upgraded and observed"
-    group = ["scrape", "scrape", "ensure_slots", "ensure_slots", "smoke", "scrape", "scrape"]
+    # baseline, then batches with the metrics watched between them, smoke, settle
+    group = [
+        "scrape",
+        "scrape",
+        "ensure_slots",
+        "scrape",
+        "ensure_slots",
+        "smoke",
+        "scrape",
+        "scrape",
+    ]
     assert (
         sim.kinds()
         == [
@@ -99,9 +109,10 @@ def test_a_run_goes_through_every_step_and_completes_with_the_freeze_lifted() ->
             "read_config_revision",  # the freeze starts
             *group,
             "read_config_revision",  # staging: freeze check before its gate
-            *group[:3],
+            *group[:4],
             "ensure_slots",  # prod-eu: 6 slots in batches of 2
-            *group[3:],
+            "scrape",
+            *group[4:],
             "read_config_revision",
             "checkin",
             "checkin",
@@ -950,7 +961,10 @@ def test_a_pause_during_an_effect_takes_hold_once_its_outcome_is_counted() -> No
     assert [e["type"] for e in after.events][-1] == "paused"
 
     resumed = sim.cmd("resume", "UALICE")
-    assert [e.args["slots"] for e in resumed.effects] == [["staging-2"]]
+    # The metrics since the first replacement are watched, then the last slot follows.
+    (watch,) = resumed.effects
+    assert (watch.kind, watch.args["watch"]) == ("scrape", 2)
+    assert [e.args["slots"] for e in sim.perform(watch).effects] == [["staging-2"]]
 
 
 def test_a_pause_during_the_control_plane_check_is_not_lost() -> None:
@@ -1014,8 +1028,9 @@ def test_a_hold_during_an_effect_starts_once_its_outcome_is_counted() -> None:
     assert sim.run.state == HELD and sim.run.hold is not None and sim.run.hold.until == until
     assert [sim.slot(s).replacements for s in STAGING] == [1, 1, 0]
     sim.now = until
-    d = sim.tick()
-    assert [e.args["slots"] for e in d.effects] == [["staging-2"]]
+    (watch,) = sim.tick().effects
+    assert (watch.kind, watch.args["watch"]) == ("scrape", 2)
+    assert [e.args["slots"] for e in sim.perform(watch).effects] == [["staging-2"]]
 
 
 def test_a_hold_at_a_gate_closes_it_and_asks_again_when_it_ends() -> None:
@@ -1488,3 +1503,88 @@ def test_pending_effects_survive_the_record_round_trip() -> None:
     effect = sim.drive(before=kind("ensure_slots"))
 
     assert isinstance(sim.run.pending, Pending) and sim.run.pending == effect
+
+
+# --- watching the metrics while a group is replaced ---------------------------------------------
+
+
+def watching(effect: Pending) -> bool:
+    return effect.kind == "scrape" and "watch" in effect.args
+
+
+def test_a_group_failing_while_it_is_replaced_pauses_before_its_next_batch() -> None:
+    sim = Sim()
+    sim.fleet.traffic[NEW] = Traffic(ratio_5xx=0.2)
+    watch = sim.drive(before=watching)
+    assert watch is not None and watch.args["watch"] == 2  # after the first batch of two
+    sim.now += 30  # the new instances serve for a while
+
+    sim.perform(watch)
+
+    assert sim.run.state == PAUSED
+    assert sim.run.reason.startswith(
+        "metrics watched during the replacement of staging failed after 2 of 3 slots: "
+        "5xx ratio 13.3% after vs 0.0% before (limit 1.0%)"  # 2 of 3 instances at 20%
+    )
+    assert sim.run.reason.endswith("resume to go on with the next slot, or roll back")
+    assert [sim.slot(s).replacements for s in STAGING] == [1, 1, 0]  # the last one untouched
+    (failed,) = sim.of("watch_failed")
+    assert (failed["group"], failed["done"], failed["total"]) == ("staging", 2, 3)
+    assert failed["verdict"]["phase"] == "fail"
+    assert sim.run.group("staging").watch["verdict"]["phase"] == "fail"  # kept in the record
+
+    sim.cmd("rollback", "UALICE")
+    sim.drive()
+    assert sim.run.state == ROLLED_BACK and sim.fleet.versions() == {OLD: 9}
+    assert sim.run.reason.startswith(
+        "rollback requested by UALICE while paused: metrics watched during the replacement"
+    )
+
+
+def test_resuming_after_a_failed_watch_goes_on_with_the_next_slot() -> None:
+    sim = Sim()
+    sim.fleet.traffic[NEW] = Traffic(ratio_5xx=0.2)
+    watch = sim.drive(before=watching)
+    sim.now += 30
+    sim.perform(watch)
+    assert sim.run.state == PAUSED
+
+    resumed = sim.cmd("resume", "UALICE")
+
+    assert [e.args["slots"] for e in resumed.effects] == [["staging-2"]]
+
+
+def test_a_group_can_roll_back_at_once_when_its_watch_fails() -> None:
+    sim = Sim(config=make_config({"defaults": {"rollout": {"on_watch_fail": "rollback"}}}))
+    sim.fleet.traffic[NEW] = Traffic(ratio_5xx=0.2)
+    watch = sim.drive(before=watching)
+    sim.now += 30
+    sim.perform(watch)
+    sim.drive()
+
+    assert sim.run.state == ROLLED_BACK and sim.fleet.versions() == {OLD: 9}
+    assert sim.run.reason.startswith("metrics watched during the replacement of staging failed")
+    started = sim.of("rollback_started")[0]
+    assert (started["by"], started["automatic"]) == ("engine", True)
+    assert [sim.slot(s).replacements for s in STAGING] == [1, 1, 0]
+
+
+def test_a_watch_on_too_few_requests_or_a_healthy_release_lets_the_group_go_on() -> None:
+    for traffic in (Traffic(ratio_5xx=0.2, rps=0.5), Traffic()):
+        sim = Sim()
+        sim.fleet.traffic[OLD] = Traffic(rps=traffic.rps)
+        sim.fleet.traffic[NEW] = traffic
+        watch = sim.drive(before=watching)
+        sim.now += 30
+        after = sim.perform(watch)
+        assert sim.run.state == RUNNING
+        assert [e.args["slots"] for e in after.effects] == [["staging-2"]]
+        assert sim.run.group("staging").watch["verdict"]["phase"] in ("pass", "inconclusive")
+
+
+def test_a_group_that_turns_watching_off_is_not_watched() -> None:
+    sim = Sim(config=make_config({"defaults": {"rollout": {"watch": False}}}))
+    sim.fleet.traffic[NEW] = Traffic(ratio_5xx=0.2)
+    sim.drive_to_gate("staging")
+    assert not any(watching(e) for e in sim.performed)
+    assert sim.run.group("staging").watch is None

@@ -66,12 +66,13 @@ def later(run: Run, seconds: float = 1.0) -> float:
 
 
 def migrated(data: dict[str, Any]) -> dict[str, Any]:
-    """What schema 2 must make of a schema-1 record: ``cp``'s three meanings in three fields,
-    and a pending window-end measurement told where its window started."""
+    """What schemas 2 and 3 must make of a schema-1 record: ``cp``'s three meanings in three
+    fields, a pending window-end measurement told where its window started (2), and groups
+    that were never watched while replaced (3)."""
     out = copy.deepcopy(data)
     cp = out.pop("cp") or {}
     out.update(
-        schema=2,
+        schema=3,
         cp_version=cp.get("version"),
         seen_revision=cp.get("seen_revision"),
         intent=cp.get("intent"),
@@ -81,13 +82,16 @@ def migrated(data: dict[str, Any]) -> dict[str, Any]:
         name, phase = pending["key"].split(":")
         field = "baseline_snapshot" if phase == "baseline_end" else "settle_snapshot"
         pending["args"]["mark"] = next(g for g in out["groups"] if g["name"] == name)[field]
+    out["groups"] = [
+        {**g, "watch_snapshot": None, "watched": 0, "watch": None} for g in out["groups"]
+    ]
     return out
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_field_of_a_saved_record_is_known_to_this_code(name: str) -> None:
     data = record(name)
-    assert data["schema"] == 1 and SCHEMA_VERSION == 2
+    assert data["schema"] == 1 and SCHEMA_VERSION == 3
     run = load_run(copy.deepcopy(data))
     # Every value is kept, each in its new place: nothing was dropped or invented.
     saved = json.loads(json.dumps(run.to_dict()))

@@ -503,3 +503,39 @@ def test_bucket_of() -> None:
     assert bucket_of(127.5) == (100.0, 200.0)
     assert bucket_of(200.0) == (100.0, 200.0)
     assert bucket_of(1e9) == (60000.0, INF)
+
+
+# --- a renamed exporter, and windows the metrics can resolve ----------------------------------
+
+
+def test_a_custom_metric_prefix_is_read_when_configured_and_only_then() -> None:
+    """apache/apisix t/cli/test_prometheus.sh sets ``metric_prefix: apisix_ci_prefix_``: the
+    documented exposition (tests/fixtures) with that prefix reads the same."""
+    text = FIXTURE.read_text()
+    renamed = text.replace("apisix_", "apisix_ci_prefix_")
+    plain = parse_metrics(text, "gw")
+    assert plain.requests > 0
+    assert parse_metrics(renamed, "gw", prefix="apisix_ci_prefix_") == plain
+    assert parse_metrics(renamed, "gw").requests == 0  # the default prefix finds nothing
+
+
+def test_a_window_shorter_than_the_exporter_can_resolve_is_a_config_error() -> None:
+    from upgrade_bot.engine.config import parse_config
+    from upgrade_bot.engine.errors import ConfigError
+
+    base = """
+groups:
+  - name: prod-eu
+    backend: {type: local, sandbox_url: "http://127.0.0.1:1"}
+    image: {repository: apache/apisix}
+    rollout: {baseline_window_s: 20, settle_s: 40}
+"""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(base)
+    assert caught.value.problems == [
+        "(top level): groups (prod-eu).rollout.baseline_window_s: 20 s is shorter than the "
+        "metrics can resolve: the exporter refreshes every 15 s (metrics.exporter_refresh_s), "
+        "so a window needs at least 30 s"
+    ]
+    assert parse_config(base + "metrics: {exporter_refresh_s: 10}\n").metrics.min_window_s() == 20
+    assert parse_config(base + "metrics: {exporter_refresh_s: 0}\n").metrics.prefix == "apisix_"

@@ -686,3 +686,38 @@ async def test_heartbeat_failures_are_ignored(tmp_path: Path) -> None:
             stats = await sim.stats(client)
         assert sim.proc.returncode is None  # still serving
     assert stats["config_revision"] == 0
+
+
+# --- the cached exposition of APISIX 3.14+ -----------------------------------------------------
+
+
+async def test_a_cached_exporter_answers_no_data_until_it_renders_then_serves_that_render(
+    tmp_path: Path,
+) -> None:
+    from upgrade_bot.engine.adapters.scrape import scrape
+    from upgrade_bot.engine.errors import TemporaryError
+
+    async with run_sim(tmp_path, version="3.14.0", metrics_refresh=1.5) as sim:
+        async with httpx.AsyncClient() as client:
+            first = await client.get(sim.url("metrics", "/apisix/prometheus/metrics"))
+            # apisix/plugins/prometheus/exporter.lua get_cached_metrics, before the first render
+            assert first.status_code == 500
+            assert first.json() == {"message": "Failed to retrieve metrics: no data available"}
+            # Not waited out: a clear, temporary answer naming the instance.
+            with pytest.raises(TemporaryError, match=r"gw-1 .* have no data yet"):
+                await scrape({"gw-1": sim.url("metrics")}, client, now=0.0)
+            # Waited out for up to the refresh interval: read once the exporter rendered.
+            snapshot = await scrape(
+                {"gw-1": sim.url("metrics")}, client, now=1.0, no_data_wait_s=10.0
+            )
+            assert snapshot.instances[0].version == "3.14.0"
+            # Requests served after a render show only at the next one.
+            rendered = await sim.metrics_text(client)
+            for i in range(3):
+                assert (await client.get(sim.url("proxy", f"/r/{i}"))).status_code == 200
+            assert await sim.metrics_text(client) == rendered
+
+            async def renewed() -> bool:
+                return await sim.metrics_text(client) != rendered
+
+            await eventually(renewed, "the next render")

@@ -148,8 +148,8 @@ def mid_replacement() -> Sim:
     s = Sim()
     effect = s.drive(before=kind("ensure_slots"))
     assert effect is not None
-    s.perform(effect)  # the first batch is in; the next one is marked replacing
-    s.tick()
+    watch = s.perform(effect).effects[0]  # the first batch is in; its metrics are watched
+    s.perform(watch)  # and the next batch is marked replacing
     assert s.run.state == RUNNING and s.run.phase == "replace"
     return s
 

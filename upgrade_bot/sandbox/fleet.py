@@ -209,6 +209,8 @@ class Fleet:
             str(self.spec.latency_ms),
             "--faults",
             json.dumps(fault.knobs()),
+            "--metrics-refresh",
+            str(self.spec.metrics_refresh_for(version)),
         ]
         if self.cp_url:
             args += [

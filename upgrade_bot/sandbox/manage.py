@@ -165,6 +165,7 @@ def bot_config(
     # Windows sized for the sandbox's traffic: enough requests per window for a verdict.
     per_group_rps = spec.rate_per_s / max(1, len(spec.groups))
     window_s = max(5.0, round(260 / per_group_rps, 1)) if per_group_rps else 5.0
+    window_s = max(window_s, 2 * spec.exporter_refresh_s)  # what the metrics can resolve
     return {
         "groups": [
             {
@@ -181,6 +182,7 @@ def bot_config(
             for group in spec.groups
         ],
         "control_plane": {"url": state["cp_url"], "api_key_file": str(key_path)},
+        "metrics": {"type": "scrape", "exporter_refresh_s": spec.exporter_refresh_s},
         "redis_url": redis_url,
         "changelog": CHANGELOG_FILE,
         "backup": {

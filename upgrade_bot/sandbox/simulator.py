@@ -162,6 +162,7 @@ class Config:
     ready_delay: float = 0.3
     latency_ms: float = 5.0
     faults: Faults = field(default_factory=Faults)
+    metrics_refresh_s: float = 0.0
     shutdown_timeout: float = 30.0
     seed: int | None = None
     log_level: str = "WARNING"
@@ -236,6 +237,12 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     add("--latency-ms", type=_non_negative_float, default=5.0, help="base upstream latency")
     add("--faults", default=None, help="JSON object of injected faults")
     add(
+        "--metrics-refresh",
+        type=_non_negative_float,
+        default=0.0,
+        help="serve a cached exposition renewed every N s, as APISIX 3.14+ (0: render each time)",
+    )
+    add(
         "--shutdown-timeout",
         type=_non_negative_float,
         default=30.0,
@@ -271,6 +278,7 @@ def parse_args(
         ready_delay=ns.ready_delay,
         latency_ms=ns.latency_ms,
         faults=faults,
+        metrics_refresh_s=ns.metrics_refresh,
         shutdown_timeout=ns.shutdown_timeout,
         seed=ns.seed,
         log_level=ns.log_level.upper(),
@@ -477,6 +485,7 @@ class Gateway:
         self.rng = random.Random(config.seed)
         self.ready = False
         self.served_before_ready = 0
+        self._cached_metrics: str | None = None
         self.requests_total = 0  # proxy listener only
         self.in_flight = 0  # proxy requests being handled
         self.handlers_active = 0  # requests being handled on any listener ("writing")
@@ -565,7 +574,16 @@ class Gateway:
             self._ready_handle = asyncio.get_running_loop().call_later(delay, self._mark_ready)
         if cfg.cp_url and not cfg.faults.no_cp:
             self._spawn(self._heartbeat_loop())
+        if cfg.metrics_refresh_s > 0:
+            self._spawn(self._refresh_metrics())
         return ports
+
+    async def _refresh_metrics(self) -> None:
+        """Render the exposition every ``metrics_refresh_s`` (the exporter's timer); the first
+        one only after a full interval, the longest a scraper can meet "no data available"."""
+        while True:
+            await asyncio.sleep(self.config.metrics_refresh_s)
+            self._cached_metrics = render_text(self.registry)
 
     def _count_accepts(self, runner: web.AppRunner) -> None:
         server = runner.server
@@ -695,8 +713,18 @@ class Gateway:
         )
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        if self.config.metrics_refresh_s > 0:
+            # APISIX 3.14+ (apisix/plugins/prometheus/exporter.lua get_cached_metrics): the
+            # exposition the privileged agent last rendered, or 500 before it first has.
+            if self._cached_metrics is None:
+                return web.json_response(
+                    {"message": "Failed to retrieve metrics: no data available"}, status=500
+                )
+            text = self._cached_metrics
+        else:
+            text = render_text(self.registry)
         return web.Response(
-            text=render_text(self.registry),
+            text=text,
             content_type="text/plain",
             charset="utf-8",
             headers={"X-Content-Type-Version": "0.0.4"},

@@ -116,6 +116,9 @@ class SandboxSpec:
     heartbeat_interval_s: float = 1.0
     readiness: str = "status"
     smoke: bool = True
+    exporter_refresh_s: float = 0.0
+    """Instances of versions from 3.14 serve a cached exposition renewed this often (APISIX's
+    ``refresh_interval``; 0: every version renders on each scrape, as before 3.14)."""
     """Whether the bot's config smoke-tests each new instance (GET /smoke, a mocked route)."""
     """How the bot's config judges an instance ready (``backend.readiness.mode``): status,
     proxy or tcp."""
@@ -124,6 +127,11 @@ class SandboxSpec:
     """How long a front door's readiness check may take. Generous on purpose: on a loaded
     machine a 1 s check times out for every member at once, and the front door then answers
     503 for a fleet that is fine."""
+
+    def metrics_refresh_for(self, version: str) -> float:
+        """The exporter refresh interval of ``version``'s instances (0 before 3.14)."""
+        parts = tuple(int(p) for p in version.split(".")[:2])
+        return self.exporter_refresh_s if parts >= (3, 14) else 0.0
 
     def image_for(self, version: str) -> str:
         return f"{self.repository}:{version}"
