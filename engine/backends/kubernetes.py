@@ -13,8 +13,12 @@ https://kubernetes.io/docs/reference/kubernetes-api/workload-resources/deploymen
   the rollout is complete (updated = ready = available = replicas, no old pod left);
 * ``Progressing`` with reason ``ProgressDeadlineExceeded`` fails the slots not yet ready, and so
   does a slot not ready within ``ready_timeout_s`` after the one before it;
-* a pause (the engine's ``pause`` event) sets ``spec.paused`` before returning; a call that
-  brings the group anywhere (a rollback too) unpauses first;
+* the rollout goes only as far as the caller asked: once the asked positions are ready and the
+  rollout is not complete, ``spec.paused`` is set (so the engine's metric watch judges a batch
+  with nothing else moving, and a watch ``fail`` finds the rollout already paused); the same
+  for the engine's ``pause`` event mid-batch. A call that brings the group anywhere (the next
+  batch, a rollback) unpauses first. Pods already starting when the pause lands finish (at
+  most maxSurge of them), as Kubernetes does;
 * the image digest comes from the pod's ``containerStatuses[].imageID``.
 
 Strategy ``helm`` (the default for a Helm-managed Deployment): see :mod:`.kube_helm`. Strategy
@@ -462,6 +466,11 @@ class _Follower:
                     since = time.monotonic()
             todo = [s for s in self.asked if s not in self.ready]
             if not todo:
+                if not complete:
+                    # The rollout goes no further than the engine asked: the metric watch
+                    # judges these slots with the Deployment paused, and the next call (the
+                    # next batch, or a rollback) unpauses it.
+                    await self.b.pause_rollout()
                 return Rollout(ready={s: self.ready[s] for s in self.asked}, failed={})
             stuck = deadline_exceeded(d) if seen else None
             timed_out = time.monotonic() - since > ready_timeout_s

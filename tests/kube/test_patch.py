@@ -215,6 +215,12 @@ async def test_a_pause_pauses_the_rollout_and_a_rollback_unpauses(
         assert deployment(cluster, namespace)["spec"]["paused"] is True
         await asyncio.sleep(1.0)  # paused: Kubernetes starts no further pod
         assert pod_images(cluster, namespace).count(NEW_IMAGE) < 3
+        # A batch the engine asked for: the rollout stops there too, until the next batch.
+        batch = await b.ensure_group(NEW_IMAGE, slots=["g/1"], ready_timeout_s=30)
+        assert batch.complete and deployment(cluster, namespace)["spec"]["paused"] is True
+        last = await b.ensure_group(NEW_IMAGE, slots=["g/2"], ready_timeout_s=30)
+        assert last.complete and deployment(cluster, namespace)["spec"]["paused"] is False
+        assert pod_images(cluster, namespace) == [NEW_IMAGE] * 3
         restored = await b.ensure_group(API7_IMAGE, slots=["g/2"], ready_timeout_s=30)
         assert restored.complete
         assert deployment(cluster, namespace)["spec"]["paused"] is False
@@ -304,5 +310,35 @@ async def test_an_autoscaler_or_gitops_change_is_reported_not_fought(
         result = await task
         assert "GitOps" in str(result.failed["g/0"])
         assert template_image(cluster, namespace) == API7_IMAGE  # not fought
+    finally:
+        await b.close()
+
+
+@pytest.mark.traffic
+async def test_the_failed_count_sees_requests_cut_by_a_too_short_grace_period(
+    cluster: EmulatedCluster, kubeconfig: Path, namespace: str
+) -> None:
+    """Negative control for ``failed == 0`` above: pods killed (SIGKILL at the end of a 1 s
+    grace period, no preStop sleep) while slow requests are in flight cut them, and the traffic
+    through the front door counts them as failed."""
+    old = "api7/api7-ee-3-gateway:3.10.4"
+    cluster.set_fault("3.10.4", Fault(added_latency_ms=1500))
+    d = api7_deployment(replicas=2)
+    container = d["spec"]["template"]["spec"]["containers"][0]
+    container["image"] = old
+    container.pop("lifecycle")
+    d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 1  # x 0.05: 50 ms
+    cluster.apply([d], namespace)
+    await rolled_out(cluster, namespace, old, 2)
+    door = cluster.front_door(f"{namespace}-gw", namespace, SELECTOR)
+    b = backend(kubeconfig, namespace)
+    try:
+        async with TrafficGenerator({"g": door}, rate_per_s=40) as traffic:
+            await asyncio.sleep(2.0)  # requests in flight on every pod
+            rollout = await b.ensure_group(NEW_IMAGE, slots=["g/0", "g/1"], ready_timeout_s=30)
+            counts = traffic.counts()
+        assert rollout.complete
+        assert counts["failed"] > 0, counts
+        assert "terminationGracePeriodSeconds (1s)" in "\n".join(await b.preflight())
     finally:
         await b.close()

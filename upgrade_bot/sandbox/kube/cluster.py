@@ -13,6 +13,7 @@ be sent through a rollout and its failures counted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import os
 import threading
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 import yaml
 from kmock import Server
 
+from ..fleet import kill_orphans, tagged_processes
 from ..frontdoor import FrontDoor, Member
 from ..spec import Fault
 from .api import KINDS, ApiError, KubeAPI, Obj, parse_label_selector
@@ -70,6 +72,8 @@ class EmulatedCluster:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self, timeout_s: float = 30) -> EmulatedCluster:
+        # Pods a killed earlier cluster on the same addresses left behind would hold them.
+        kill_orphans(tagged_processes(self.controller.tag))
         started: Future[str] = Future()
         self._thread = threading.Thread(
             target=self._main, args=(started,), name="emulated-cluster", daemon=True
@@ -93,11 +97,14 @@ class EmulatedCluster:
                 self._server = server
                 controller = asyncio.create_task(self.controller.run())
                 started.set_result(f"http://{server.host}:{server.port}")
-                await self._stop.wait()
-                for door in self._front_doors:
-                    await door.stop()
-                await self.controller.stop()
-                controller.cancel()
+                try:
+                    await self._stop.wait()
+                finally:
+                    await self.controller.stop()  # the pods' processes first, whatever happens
+                    controller.cancel()
+                    for door in self._front_doors:
+                        with contextlib.suppress(Exception):
+                            await door.stop()
         except BaseException as exc:
             if not started.done():
                 started.set_exception(exc)
@@ -108,6 +115,7 @@ class EmulatedCluster:
             return
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout=60)
+        kill_orphans(tagged_processes(self.controller.tag))
 
     def __enter__(self) -> EmulatedCluster:
         return self.start()

@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import shlex
 import signal
@@ -40,6 +41,7 @@ from typing import Any
 
 import aiohttp
 
+from ..fleet import SANDBOX_TAG_ENV
 from ..spec import Fault, version_of_image
 from .api import KubeAPI, Obj, now_iso
 
@@ -129,6 +131,9 @@ class Controller:
         self.latency_ms = latency_ms
         self.tick_s = tick_s
         self.ip_prefix = ip_prefix
+        self.tag = f"kube-{ip_prefix}"
+        """Marks every pod process (``fleet.SANDBOX_TAG_ENV``), so that one left behind by a
+        killed cluster is found and stopped by the next one on the same addresses."""
         self.pods: dict[tuple[str | None, str], PodRuntime] = {}
         self.history: dict[tuple[str | None, str], list[str]] = {}
         """Per Deployment (namespace, name): the versions its pods ran, one entry per completed
@@ -579,6 +584,7 @@ class Controller:
             stdout=asyncio.subprocess.PIPE,
             stderr=None,
             start_new_session=True,
+            env={**os.environ, SANDBOX_TAG_ENV: self.tag},
         )
         rt.process = proc
         assert proc.stdout is not None

@@ -156,6 +156,7 @@ class KubeSandbox:
                 "artifact": str(backups),
                 "timeout_s": 60,
             },
+            "metrics": local["metrics"],
             "defaults": local["defaults"],
             "slack": local["slack"],
         }
