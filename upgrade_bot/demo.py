@@ -27,7 +27,7 @@ from .engine import Run, ms, pct
 from .engine.config import load_config
 from .headless import EXIT_COMPLETED, EXIT_FAILED, EXIT_ROLLED_BACK
 from .sandbox import manage
-from .sandbox.kube.rehearsal import KubeSandbox
+from .sandbox.kube.rehearsal import KubeSandboxProcess
 from .sandbox.spec import READINESS_MODES, SandboxSpec, group_names, parse_fault
 from .serve import serving
 from .slackstub import SlackStub, buttons
@@ -204,7 +204,7 @@ class Rehearsal:
     """The engine's final record of the run."""
     report: dict[str, Any]
     """``build_report``: the run compared with the sandbox's observed truth."""
-    sandbox: manage.SandboxHandle | KubeSandbox
+    sandbox: manage.SandboxHandle | KubeSandboxProcess
     slack: SlackStub
     """The Slack stand-in (stopped): every Web API call the bot made is in its record."""
 
@@ -268,10 +268,10 @@ async def rehearse(args: argparse.Namespace) -> AsyncIterator[Rehearsal]:
     if manage.read_state(directory.resolve()) is None:
         # A rehearsal starts clean: runs (and group locks) left by an interrupted demo go.
         shutil.rmtree(directory / manage.REDIS_DIR, ignore_errors=True)
-    handle: manage.SandboxHandle | KubeSandbox
+    handle: manage.SandboxHandle | KubeSandboxProcess
     if getattr(args, "backend", "local") == "kubernetes":
         print("kubernetes: an emulated cluster; each group is a Helm release of the APISIX chart")
-        handle = await asyncio.to_thread(KubeSandbox(directory, spec).up)
+        handle = await asyncio.to_thread(KubeSandboxProcess(directory, spec).up)
     else:
         handle = manage.up(directory, spec)
     stub = SlackStub()
@@ -307,11 +307,11 @@ async def rehearse(args: argparse.Namespace) -> AsyncIterator[Rehearsal]:
         report = build_report(run, handle.status(), traffic_before, duration)
         report["slack"] = slack_summary(stub)
         report["charts"] = save_charts(stub, handle.dir / "charts")
-        if isinstance(handle, KubeSandbox):
+        if isinstance(handle, KubeSandboxProcess):
             report["helm_releases"] = await asyncio.to_thread(handle.releases)
         yield Rehearsal(run=run, report=report, sandbox=handle, slack=stub)
     finally:
-        if isinstance(handle, KubeSandbox):
+        if isinstance(handle, KubeSandboxProcess):
             await asyncio.to_thread(handle.down)
         else:
             manage.down(handle.dir)

@@ -5,6 +5,10 @@ with the deployed values and only the tag changed, roll back to the recorded rev
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -166,3 +170,51 @@ async def test_extra_values_are_shown_in_the_plan_and_applied_in_the_same_upgrad
         assert len(history) == 2
     finally:
         await b.close()
+
+
+@pytest.mark.traffic
+async def test_a_bot_killed_mid_upgrade_resumes_without_a_second_helm_upgrade(
+    cluster: EmulatedCluster,
+    kubeconfig: Path,
+    namespace: str,
+    helm_cfg: helm.Config,
+    tmp_path: Path,
+) -> None:
+    await asyncio.to_thread(install, helm_cfg, namespace)
+    await ready_on(cluster, namespace, OLD, 2)
+    script = tmp_path / "bot.py"
+    script.write_text(
+        "import asyncio\n"
+        "from upgrade_bot.engine.backends.kubernetes import build\n"
+        "from upgrade_bot.engine.config import KubernetesBackend as S\n"
+        f"b = build('g', S(type='kubernetes', namespace={namespace!r}, selector={SELECTOR!r}, "
+        f"kubeconfig={str(kubeconfig)!r}, poll_interval_s=0.1))\n"
+        f"asyncio.run(b.ensure_group({NEW!r}, ready_timeout_s=60, fence='run-1:1'))\n"
+    )
+    bot = subprocess.Popen([sys.executable, str(script)])
+    try:
+
+        def started() -> bool:
+            return any(
+                p["spec"]["containers"][0]["image"] == NEW
+                for p in cluster.pods(namespace, SELECTOR)
+            )
+
+        await eventually(started, "the upgrade's first new pod", within=30)
+        os.kill(bot.pid, signal.SIGKILL)
+        bot.wait()
+    finally:
+        if bot.poll() is None:
+            bot.kill()
+    assert len(await asyncio.to_thread(helm_cfg.history, RELEASE)) == 2
+    b = backend(kubeconfig, namespace)
+    try:
+        resumed = await b.ensure_group(
+            NEW, slots=["g/0", "g/1"], ready_timeout_s=30, fence="run-1:2"
+        )
+        assert resumed.complete
+        assert len(await asyncio.to_thread(helm_cfg.history, RELEASE)) == 2  # no second upgrade
+        assert b.revisions == (1, 2)
+    finally:
+        await b.close()
+    await ready_on(cluster, namespace, NEW, 2)

@@ -115,6 +115,7 @@ class EmulatedCluster:
             return
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout=60)
+        self._loop = self._stop = self._thread = None
         kill_orphans(tagged_processes(self.controller.tag))
 
     def __enter__(self) -> EmulatedCluster:

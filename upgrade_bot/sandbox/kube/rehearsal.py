@@ -14,9 +14,12 @@ versions its completed rollouts ran (the controller's record).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import multiprocessing
 import os
 import sys
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,7 @@ import yaml
 
 from ...redis_server import RedisServer, stop_from_pidfile
 from .. import manage
-from ..spec import SandboxSpec
+from ..spec import Fault, SandboxSpec
 from ..traffic import TrafficGenerator
 from . import CHART_DIR
 from .cluster import EmulatedCluster
@@ -242,3 +245,103 @@ def _observed_version(client: httpx.Client, pod: dict[str, Any]) -> str | None:
     except httpx.HTTPError:
         return None
     return server.partition("/")[2] or None
+
+
+class KubeSandboxProcess:
+    """A :class:`KubeSandbox` in a child process, for the demo.
+
+    The demo runs the bot in its own process; with the cluster, its front doors and the traffic
+    generator on a thread of that process, a busy bot (drawing a chart, say) holds the GIL long
+    enough on a loaded machine to make the traffic time out, which would be counted as failed
+    requests the upgrade never caused. In a process of its own the cluster keeps its pace, as the
+    local sandbox's daemon does. Same interface as ``KubeSandbox``; calls block.
+    """
+
+    def __init__(self, directory: Path, spec: SandboxSpec, *, start_timeout_s: float = 180):
+        self.dir = directory.resolve()
+        self.spec = spec
+        self.start_timeout_s = start_timeout_s
+        self.config_path = self.dir / "config.yaml"
+        self.redis_url = ""
+        self._conn: Connection | None = None
+        self._proc: Any = None
+
+    def up(self) -> KubeSandboxProcess:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        data = dataclasses.asdict(self.spec)
+        self._proc = context.Process(
+            target=_serve_child, args=(child, str(self.dir), data), name="kube-sandbox"
+        )
+        self._proc.start()
+        child.close()
+        if not self._conn.poll(self.start_timeout_s):
+            self.down()
+            raise manage.SandboxError(
+                f"the emulated cluster did not come up within {self.start_timeout_s:g}s"
+            )
+        self.redis_url = self._receive()
+        return self
+
+    def _receive(self) -> Any:
+        assert self._conn is not None
+        try:
+            kind, value = self._conn.recv()
+        except EOFError:
+            raise manage.SandboxError("the emulated cluster's process ended") from None
+        if kind == "error":
+            raise manage.SandboxError(f"the emulated cluster failed: {value}")
+        return value
+
+    def _ask(self, what: str) -> Any:
+        assert self._conn is not None
+        self._conn.send(what)
+        return self._receive()
+
+    def status(self) -> dict[str, Any]:
+        return dict(self._ask("status"))
+
+    def releases(self) -> dict[str, list[dict[str, Any]]]:
+        return dict(self._ask("releases"))
+
+    def down(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._ask("down")
+            self._conn.close()
+            self._conn = None
+        if self._proc is not None:
+            self._proc.join(60)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join(10)
+            self._proc = None
+
+
+def _serve_child(conn: Connection, directory: str, data: dict[str, Any]) -> None:
+    """The child process: bring the sandbox up, then answer the parent until ``down`` (or until
+    the parent is gone)."""
+    data["faults"] = {v: Fault(**f) for v, f in data.get("faults", {}).items()}
+    sandbox = KubeSandbox(Path(directory), SandboxSpec(**data))
+    try:
+        sandbox.up()
+    except Exception as exc:
+        conn.send(("error", str(exc) or type(exc).__name__))
+        return
+    conn.send(("ok", sandbox.redis_url))
+    try:
+        while True:
+            try:
+                what = conn.recv()
+            except EOFError:
+                return
+            try:
+                if what == "down":
+                    sandbox.down()
+                    conn.send(("ok", None))
+                    return
+                conn.send(("ok", sandbox.status() if what == "status" else sandbox.releases()))
+            except Exception as exc:
+                conn.send(("error", str(exc) or type(exc).__name__))
+    finally:
+        sandbox.down()
