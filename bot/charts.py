@@ -1,6 +1,7 @@
-"""A small PNG per group, for people who would rather look than read: the 5xx ratio and the p99
-latency of the window before the change and of the window after it, each against the limit the
-verdict applied, with the moments instances were replaced marked in between.
+"""A small PNG per group, for people who would rather look than read: the 5xx ratio, the 4xx
+ratio and the p99 latency over the group's whole window — the baseline, each look taken while it
+was replaced, the settle window after, and the metrics source's own series where it keeps one —
+against the limits the verdict applied, with the moments instances were replaced marked.
 
 Sized for a phone (about 640 x 440 px). Pure: a run in, PNG bytes out. Drawn with matplotlib's
 object API (no pyplot, no global state), so that charts can be drawn in a worker thread.
@@ -19,9 +20,38 @@ LIMIT_COLOR = "#212121"
 REPLACED_COLOR = "#1565c0"
 
 
+WATCH_COLOR = "#6a1b9a"
+SOURCE_COLOR = "#90a4ae"
+MAX_BYTES = 100_000
+"""A chart stays under this size (Slack shows it inline on a phone)."""
+
+
 def chartable(g: GroupRun) -> bool:
     """Whether the group has both windows measured (a chart would show something)."""
     return bool(g.before and g.after and g.verdict and g.baseline_snapshot and g.settle_snapshot)
+
+
+def points_of(g: GroupRun) -> list[dict[str, Any]]:
+    """The group's points over time; a record saved before points were kept has its two
+    windows only."""
+    if g.points:
+        return list(g.points)
+    out = []
+    for kind, snapshot, summary in (
+        ("baseline", g.baseline_snapshot, g.before),
+        ("settle", g.settle_snapshot, g.after),
+    ):
+        if snapshot and summary:
+            start = float(snapshot["taken_at"])
+            out.append(
+                {
+                    "kind": kind,
+                    "start": start,
+                    "end": start + float(summary.get("duration_s") or 0.0),
+                    "summary": summary,
+                }
+            )
+    return out
 
 
 def filename(run: Run, group: str) -> str:
@@ -37,87 +67,104 @@ def title(run: Run, g: GroupRun) -> str:
 
 def group_chart(run: Run, group: str) -> bytes | None:
     """The group's chart as PNG bytes, or None while its windows are not both measured."""
+    fig = group_figure(run, group)
+    if fig is None:
+        return None
+    out = io.BytesIO()
+    fig.savefig(out, format="png")
+    return out.getvalue()
+
+
+def group_figure(run: Run, group: str) -> Any:
+    """The group's chart as a matplotlib Figure (None while its windows are not both
+    measured); x is seconds since the group's baseline started."""
     g = run.group(group)
     if not chartable(g):
         return None
-    assert g.before and g.after and g.verdict and g.baseline_snapshot and g.settle_snapshot
+    assert g.verdict and g.baseline_snapshot
     origin = float(g.baseline_snapshot["taken_at"])
-    before = _span(origin, g.baseline_snapshot, g.before)
-    after = _span(origin, g.settle_snapshot, g.after)
-    replaced = [t - origin for t in g.replaced_at]
+    points = points_of(g)
     phase = str(g.verdict.get("phase", ""))
     limits = g.verdict.get("limits") or {}
+    colors = {
+        "baseline": BEFORE_COLOR,
+        "watch": WATCH_COLOR,
+        "settle": COLORS.get(phase, "black"),
+    }
 
     # matplotlib takes ~2 s to import: load it when a chart is drawn, not with every CLI
     # command that happens to import the bot.
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.4, 4.4), dpi=100)
-    errors, latency = fig.subplots(2, 1, sharex=True)
-    _panel(
-        errors,
-        "5xx %",
-        before,
-        after,
-        g.before["ratio_5xx"] * 100,
-        g.after["ratio_5xx"] * 100,
-        None if limits.get("ratio_5xx") is None else limits["ratio_5xx"] * 100,
-        phase,
-    )
-    _panel(
-        latency,
-        "p99 ms",
-        before,
-        after,
-        g.before.get("p99_ms"),
-        g.after.get("p99_ms"),
-        limits.get("p99_ms"),
-        phase,
-    )
-    for axes in (errors, latency):
-        for i, t in enumerate(replaced):
+    panels = fig.subplots(3, 1, sharex=True)
+    for axes, (label, value, limit_key, limit_label) in zip(
+        panels,
+        (
+            ("5xx %", lambda s: 100 * s["ratio_5xx"], "ratio_5xx", "limit"),
+            ("4xx %", lambda s: 100 * s["ratio_4xx"], "ratio_404", "404 limit"),
+            ("p99 ms", lambda s: s.get("p99_ms"), "p99_ms", "limit"),
+        ),
+        strict=True,
+    ):
+        scale = 100 if limit_key.startswith("ratio") else 1
+        limit = limits.get(limit_key)
+        _series(axes, label, origin, points, value, colors)
+        if limit is not None:
+            axes.axhline(
+                limit * scale, color=LIMIT_COLOR, linewidth=1, linestyle="--", label=limit_label
+            )
+        for i, t in enumerate(g.replaced_at):
             axes.axvline(
-                t,
+                t - origin,
                 color=REPLACED_COLOR,
                 linewidth=0.8,
                 linestyle=":",
                 label="instance replaced" if i == 0 else None,
             )
-    latency.set_xlabel("seconds since the group's baseline started")
-    errors.legend(loc="upper left", fontsize=7, frameon=False, ncol=4)
+        top = axes.get_ylim()[1]
+        axes.set_ylim(0, max(top, 1.0 if scale == 100 else top) * 1.1)
+    panels[-1].set_xlabel("seconds since the group's baseline started", fontsize=8)
+    panels[0].legend(loc="upper left", fontsize=6, frameon=False, ncol=5)
     fig.suptitle(title(run, g), fontsize=10, color=COLORS.get(phase, "black"))
     fig.tight_layout()
-    out = io.BytesIO()
-    fig.savefig(out, format="png")
-    return out.getvalue()
+    return fig
 
 
-def _span(origin: float, snapshot: dict[str, Any], summary: dict[str, Any]) -> tuple[float, float]:
-    start = float(snapshot["taken_at"]) - origin
-    return start, start + float(summary.get("duration_s") or 0.0)
-
-
-def _panel(
+def _series(
     axes: Any,
     label: str,
-    before: tuple[float, float],
-    after: tuple[float, float],
-    value_before: float | None,
-    value_after: float | None,
-    limit: float | None,
-    phase: str,
+    origin: float,
+    points: list[dict[str, Any]],
+    value: Any,
+    colors: dict[str, str],
 ) -> None:
+    """Each window as a thick segment over its time span, the source's series as a line."""
     axes.set_ylabel(label, fontsize=8)
     axes.tick_params(labelsize=7)
-    axes.axvspan(before[1], after[0], color="#eceff1", zorder=0, label="replacing")
-    if value_before is not None:
-        axes.hlines(value_before, *before, color=BEFORE_COLOR, linewidth=3, label="before")
-    if value_after is not None:
-        axes.hlines(
-            value_after, *after, color=COLORS.get(phase, "black"), linewidth=3, label="after"
+    source = [p for p in points if p["kind"] == "source" and value(p["summary"]) is not None]
+    if source:
+        axes.plot(
+            [(p["start"] + p["end"]) / 2 - origin for p in source],
+            [value(p["summary"]) for p in source],
+            color=SOURCE_COLOR,
+            linewidth=1,
+            label="series",
         )
-    if limit is not None:
-        axes.hlines(limit, *after, color=LIMIT_COLOR, linewidth=1, linestyle="--", label="limit")
-    values = [v for v in (value_before, value_after, limit) if v is not None]
-    top = max(values, default=1.0) or 1.0
-    axes.set_ylim(0, top * 1.25)
+    seen: set[str] = set()
+    for p in points:
+        v = value(p["summary"])
+        if p["kind"] == "source" or v is None or p["end"] <= p["start"]:
+            continue
+        kind = p["kind"]
+        axes.hlines(
+            v,
+            p["start"] - origin,
+            p["end"] - origin,
+            color=colors.get(kind, "black"),
+            linewidth=3,
+            label={"baseline": "before", "watch": "while replacing", "settle": "after"}.get(kind)
+            if kind not in seen
+            else None,
+        )
+        seen.add(kind)

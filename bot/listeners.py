@@ -150,6 +150,21 @@ def register(app: AsyncApp, ctx: BotContext) -> None:
         value = render.read_value(body["actions"][0].get("value") or "{}")
         await _gate_action(ctx, client, body, value.get("action", "approve"), value)
 
+    @app.action({"action_id": "observe_rollback"})
+    async def on_observe_rollback(
+        ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient, respond: AsyncRespond
+    ) -> None:
+        """Roll back from an observation alert (as the rollback command, with its policy)."""
+        await ack()
+        RESPOND.set(respond)
+        await _gate_action(
+            ctx,
+            client,
+            body,
+            "rollback",
+            render.read_value(body["actions"][0].get("value") or "{}"),
+        )
+
     @app.action({"action_id": "changelog_ack"})
     async def on_changelog_ack(
         ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient, respond: AsyncRespond

@@ -827,6 +827,12 @@ def smoke_failed(group: str, failures: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def observation_alert(group: str, reasons: Sequence[str]) -> str:
+    lines = [f":rotating_light: *{esc(group)}* fails since its upgrade: the run is paused"]
+    lines += [f"• {esc(r)}" for r in reasons[:4]]
+    return "\n".join(lines)
+
+
 def watch_failed(group: str, done: int, total: int, reasons: Sequence[str]) -> str:
     lines = [
         f":x: *{esc(group)}* fails while it is replaced ({done}/{total} slots on the new "

@@ -61,6 +61,7 @@ ACTION_PAUSE = "gate_pause"
 ACTION_ROLLBACK = "gate_rollback"
 ACTION_REACTION_CONFIRM = "reaction_confirm"
 ACTION_CHANGELOG_ACK = "changelog_ack"
+ACTION_OBSERVE_ROLLBACK = "observe_rollback"
 GATE_ACTIONS_BLOCK = "gate_actions"
 
 # Message metadata event types: what a message in the channel is for, so that a restarted bot
@@ -669,6 +670,34 @@ def _slot_state_lines(table: Iterable[Mapping[str, Any]], only: Sequence[str] = 
     return [msg.slot_states_line(g, dict(states)) for g, states in per_group.items()]
 
 
+def _observation_alert(c: _Ctx) -> Message:
+    """The runbook's step 9 found an anomaly: why, and Roll back offered (confirmed first on a
+    production group, as at a gate)."""
+    e = c.event
+    group = str(e.get("group", ""))
+    reasons = list((e.get("verdict") or {}).get("reasons") or [])
+    text = msg.observation_alert(group, reasons)
+    production = bool(c.run and any(g.production for g in c.run.groups if g.name == group))
+    confirm = (
+        _confirm(
+            msg.confirm_rollback_title(),
+            msg.confirm_rollback_text(_restore_order(c.run)),
+            msg.BUTTON_ROLLBACK,
+            "danger",
+        )
+        if production and c.run is not None
+        else None
+    )
+    button = _button(
+        msg.BUTTON_ROLLBACK,
+        ACTION_OBSERVE_ROLLBACK,
+        button_value(run=c.run_id, group=group),
+        "danger",
+        confirm,
+    )
+    return c.post(_section(text, c.hint), ActionsBlock(elements=[button]), text=text)
+
+
 def _rollback_started(c: _Ctx) -> Message:
     e = c.event
     groups = list(e.get("groups") or [])
@@ -889,6 +918,7 @@ EVENT_POSTS: dict[EventKind, Callable[[_Ctx], Message | None]] = {
         lambda e: msg.observation_started(_time(e.get("until"))), False
     ),
     EventKind.CHECKIN: _checkin,
+    EventKind.OBSERVATION_ALERT: _observation_alert,
     EventKind.RUN_COMPLETED: _final,
     EventKind.RUN_ROLLED_BACK: _final,
     EventKind.RUN_FAILED: _final,

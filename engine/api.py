@@ -100,7 +100,7 @@ class Engine:
         group_runs = plan_groups(self.config, target, list(names))
         inventory = await self.performer.inventory(names)
         warnings = list(inventory.get("warnings", []))
-        blockers: list[str] = []
+        blockers: list[str] = list(inventory.get("metrics_problems", []))
         versions: list[str] = []
         rows = []
         for g in group_runs:

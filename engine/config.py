@@ -11,9 +11,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
+from .metrics_config import PrometheusMetrics
 from .versions import is_version
 
 
@@ -101,6 +111,9 @@ class Rollout(Model):
     watch: bool = True
     """Judge the metrics since the first replacement after each batch, before the next one: a
     clear ``fail`` (on at least the thresholds' ``min_requests``) halts the group there."""
+    watch_min_requests: int | None = Field(None, ge=1)
+    """Requests a watch needs before it may fail the group (default: twice the thresholds'
+    ``min_requests``): halting mid-group is for clear failures."""
     on_watch_fail: Literal["pause", "rollback"] = "pause"
     """What a failed watch does: pause the run (the on-call engineer resumes or rolls back) or
     roll back at once."""
@@ -330,9 +343,19 @@ class ScrapeMetrics(Model):
         return f"the exporter refreshes every {every} (metrics.exporter_refresh_s)"
 
 
-# A second source adds its model here (a union discriminated by ``type``) and its factory to
+# A source adds its model here (a union discriminated by ``type``) and its factory to
 # ``engine.adapters.sources.SOURCES``.
-MetricsSettings = ScrapeMetrics
+def _metrics_type(value: Any) -> str:
+    """The ``type`` of a ``metrics`` section; ``scrape`` when it is left out."""
+    if isinstance(value, dict):
+        return str(value.get("type", "scrape"))
+    return str(getattr(value, "type", "scrape"))
+
+
+MetricsSettings = Annotated[
+    Annotated[ScrapeMetrics, Tag("scrape")] | Annotated[PrometheusMetrics, Tag("prometheus")],
+    Discriminator(_metrics_type),
+]
 
 
 class Store(Model):
@@ -411,6 +434,9 @@ class Config(Model):
         return self.group(group).rollout or self.defaults.rollout
 
 
+_TAGS = ("local", "docker", "kubernetes", "command", "http", "scrape", "prometheus")
+
+
 def _key_path(loc: tuple[Any, ...], data: Any) -> str:
     """``groups[0].backend.type`` → ``groups[0] (prod-eu).backend.type`` for readability."""
     parts: list[str] = []
@@ -430,7 +456,7 @@ def _key_path(loc: tuple[Any, ...], data: Any) -> str:
             if (
                 isinstance(node, dict)
                 and item not in node
-                and item in ("local", "docker", "kubernetes", "command", "http")
+                and item in _TAGS
             ):
                 continue
             parts.append(("." if parts else "") + str(item))

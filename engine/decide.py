@@ -153,7 +153,13 @@ def _group_step(acc: Acc, config: Config) -> None:
             # The baseline's end is the watch window's start: a fresh mark comes back too.
             acc.act(EffectKind.MEASURE, key, group=g.name, mark=g.baseline_snapshot, restart=True)
         else:
-            acc.act(EffectKind.MEASURE, key, group=g.name, mark=g.settle_snapshot)
+            acc.act(
+                EffectKind.MEASURE,
+                key,
+                group=g.name,
+                mark=g.settle_snapshot,
+                series_from=(g.baseline_snapshot or {}).get("taken_at"),
+            )
     elif phase == GroupPhase.REPLACE:
         _replace_step(acc, config, g, key)
     elif phase == GroupPhase.SMOKE:
@@ -193,13 +199,15 @@ def _replace_step(acc: Acc, config: Config, g: GroupRun, key: str) -> None:
         return
     done = sum(1 for s in g.slots if s.status == SlotStatus.DONE)
     if done > g.watched and g.watch_snapshot is not None and config.rollout_for(g.name).watch:
-        # Before the next batch: the metrics since the first replacement, judged.
+        # Before the next batch: the metrics since the last look (the baseline's end, or the
+        # previous watch), judged.
         acc.act(
             EffectKind.MEASURE,
             f"{key}:watch:{done}",
             group=g.name,
             mark=g.watch_snapshot,
             watch=done,
+            restart=True,
         )
         return
     batch = todo[: g.batch_size]

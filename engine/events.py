@@ -44,6 +44,7 @@ class EventKind(StrEnum):
     SMOKE_SKIPPED = "smoke_skipped"
     METRICS_SUMMARY = "metrics_summary"
     WATCH_FAILED = "watch_failed"
+    OBSERVATION_ALERT = "observation_alert"
     GATE_OPENED = "gate_opened"
     GATE_REMINDER = "gate_reminder"
     GATE_EXPIRED = "gate_expired"
@@ -354,6 +355,15 @@ class ObservationStarted(Event):
     until: float
 
 
+class ObservationAlert(Event):
+    """A group's metrics since its upgrade newly fail the verdict's rules at a check-in."""
+
+    group: str
+    before: dict[str, Any]  # Summary.to_dict()
+    after: dict[str, Any]
+    verdict: dict[str, Any]  # Verdict.to_dict()
+
+
 class Checkin(Event):
     groups: dict[str, dict[str, Any]]  # group → {"ready", "slots", "versions", "since_upgrade"}
     final: bool
@@ -410,6 +420,7 @@ EVENT_FIELDS: dict[EventKind, type[Event]] = {
     EventKind.ROLLBACK_FAILED: RollbackFailed,
     EventKind.OBSERVATION_STARTED: ObservationStarted,
     EventKind.CHECKIN: Checkin,
+    EventKind.OBSERVATION_ALERT: ObservationAlert,
     EventKind.RUN_COMPLETED: RunFinished,
     EventKind.RUN_ROLLED_BACK: RunFinished,
     EventKind.RUN_FAILED: RunFinished,

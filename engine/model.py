@@ -264,11 +264,18 @@ class GroupRun(Record):
     finished_at: float | None = None
     replaced_at: tuple[float, ...] = ()
     watch_snapshot: dict[str, Any] | None = None
-    """Where the watch window starts: the source's mark taken as the baseline ended."""
+    """Where the next watch window starts: the source's mark taken as the baseline (or the
+    previous watch) ended."""
     watched: int = 0
     """How many slots were done when the metrics were last watched (one watch per batch)."""
     watch: dict[str, Any] | None = None
     """The last watch: ``{"after": Summary dict, "verdict": Verdict dict, "done": n}``."""
+    observed: dict[str, Any] | None = None
+    """The verdict on the group's metrics since its upgrade at the last observation check-in."""
+    points: tuple[dict[str, Any], ...] = ()
+    """The group's metrics over time, for charts and history: each measured window as
+    ``{"kind": "baseline" | "watch" | "settle" | "source", "start", "end", "summary"}``
+    ("source": a point of the metrics source's own series, where it keeps one)."""
 
     def slot(self, slot_id: str) -> SlotRun:
         for s in self.slots:

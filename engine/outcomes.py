@@ -13,6 +13,7 @@ from .config import Config
 from .events import EventKind
 from .metrics import Summary
 from .model import (
+    ApprovalMode,
     EffectKind,
     GroupPhase,
     GroupRun,
@@ -26,7 +27,7 @@ from .model import (
 )
 from .rollback import rollback_failed, start_rollback
 from .transition import Acc, Failure, Outcome, fail, finish
-from .verdict import Phase, inconclusive, judge
+from .verdict import Phase, Verdict, inconclusive, judge
 from .versions import Version, path_warning
 
 MAX_ATTEMPTS = 5
@@ -76,6 +77,9 @@ def _on_inventory(acc: Acc, p: Pending, result: dict[str, Any], config: Config) 
     acc.emit(EventKind.INVENTORY, fleet=acc.run.mixed_fleet(), current_version=current)
     for warning in result.get("warnings", []):
         acc.emit(EventKind.WARNING, text=warning)
+    if problems := result.get("metrics_problems"):
+        fail(acc, "no metric evidence, so no verdict could be trusted: " + "; ".join(problems))
+        return
     if current:
         if warning := path_warning(current, run.target_version):
             acc.emit(EventKind.WARNING, text=warning)
@@ -176,10 +180,22 @@ def _on_measure(acc: Acc, p: Pending, result: dict[str, Any], config: Config) ->
         acc.set(phase=GroupPhase.BASELINE_END)
     elif run.phase == GroupPhase.BASELINE_END:
         before = Summary.from_dict(result["summary"]).to_dict()
-        acc.group(g.with_(before=before, window_until=None, watch_snapshot=result.get("mark")))
+        acc.group(
+            g.with_(
+                before=before,
+                window_until=None,
+                watch_snapshot=result.get("mark"),
+                points=(*g.points, _point("baseline", p.args.get("mark"), before)),
+            )
+        )
         acc.set(phase=GroupPhase.REPLACE)
     elif run.phase == GroupPhase.REPLACE and "watch" in p.args:
-        _on_watch(acc, g, Summary.from_dict(result["summary"]), int(p.args["watch"]), config)
+        summary = Summary.from_dict(result["summary"])
+        g = g.with_(
+            watch_snapshot=result.get("mark"),
+            points=(*g.points, _point("watch", p.args.get("mark"), summary.to_dict())),
+        )
+        _on_watch(acc, g, summary, int(p.args["watch"]), config)
     elif run.phase == GroupPhase.SETTLE_START:
         acc.group(
             g.with_(
@@ -195,7 +211,16 @@ def _on_measure(acc: Acc, p: Pending, result: dict[str, Any], config: Config) ->
             verdict = inconclusive("no baseline metrics to compare with")
         else:
             verdict = judge(Summary.from_dict(g.before), after, config.thresholds_for(g.name))
-        acc.group(g.with_(after=after.to_dict(), verdict=verdict.to_dict(), window_until=None))
+        points = (*g.points, _point("settle", p.args.get("mark"), after.to_dict()))
+        points += tuple({"kind": "source", **point} for point in result.get("series") or ())
+        acc.group(
+            g.with_(
+                after=after.to_dict(),
+                verdict=verdict.to_dict(),
+                window_until=None,
+                points=points,
+            )
+        )
         acc.emit(
             EventKind.METRICS_SUMMARY,
             group=g.name,
@@ -206,12 +231,27 @@ def _on_measure(acc: Acc, p: Pending, result: dict[str, Any], config: Config) ->
         acc.set(phase=GroupPhase.FREEZE_CHECK)
 
 
+def _point(kind: str, mark: dict[str, Any] | None, summary: dict[str, Any]) -> dict[str, Any]:
+    """A measured window as a point over time (its start is its mark's moment)."""
+    start = float((mark or {}).get("taken_at") or 0.0)
+    return {
+        "kind": kind,
+        "start": start,
+        "end": start + float(summary.get("duration_s") or 0.0),
+        "summary": summary,
+    }
+
+
 def _on_watch(acc: Acc, g: GroupRun, now: Summary, done: int, config: Config) -> None:
     """The metrics since the group's first replacement, judged before its next batch."""
     if g.before is None:
         acc.group(g.with_(watched=done))
         return
-    verdict = judge(Summary.from_dict(g.before), now, config.thresholds_for(g.name))
+    thresholds = config.thresholds_for(g.name)
+    needed = config.rollout_for(g.name).watch_min_requests or 2 * thresholds.min_requests
+    verdict = judge(
+        Summary.from_dict(g.before), now, thresholds.model_copy(update={"min_requests": needed})
+    )
     acc.group(
         g.with_(
             watched=done,
@@ -359,11 +399,55 @@ def _on_checkin(acc: Acc, p: Pending, result: dict[str, Any], config: Config) ->
     if config_moved(acc, result):
         acc.set(next_checkin_at=acc.now + config.defaults.observation.checkin_interval_s)
         return
+    if _observation_alert(acc, result, config):
+        acc.set(next_checkin_at=acc.now + config.defaults.observation.checkin_interval_s)
+        return
     if p.args.get("final"):
         finish(acc, RunState.COMPLETED, "every group upgraded and observed")
         acc.emit(EventKind.FREEZE_LIFTED, revision=acc.run.config_revision)
         return
     acc.set(next_checkin_at=acc.now + config.defaults.observation.checkin_interval_s)
+
+
+def _observation_alert(acc: Acc, result: dict[str, Any], config: Config) -> bool:
+    """The runbook's step 9 judged by the verdict's rules: a group whose metrics since its
+    upgrade newly fail is reported, and the run pauses (rolls back in auto mode) so that a
+    rollback stays possible. True when the run stopped."""
+    alerts: list[tuple[str, Verdict]] = []
+    for name, info in (result.get("groups") or {}).items():
+        g = acc.run.group(name)
+        since = info.get("since_upgrade")
+        if not since or g.before is None:
+            continue
+        verdict = judge(
+            Summary.from_dict(g.before), Summary.from_dict(since), config.thresholds_for(name)
+        )
+        was_failing = (g.observed or {}).get("phase") == Phase.FAIL.value
+        acc.group(g.with_(observed=verdict.to_dict()))
+        if verdict.phase is Phase.FAIL and not was_failing:
+            alerts.append((name, verdict))
+            acc.emit(
+                EventKind.OBSERVATION_ALERT,
+                group=name,
+                before=g.before,
+                after=since,
+                verdict=verdict.to_dict(),
+            )
+    if not alerts:
+        return False
+    reason = "observation: " + "; ".join(
+        f"{name} fails since its upgrade: {'; '.join(v.reasons)}" for name, v in alerts
+    )
+    if acc.run.approval_mode == ApprovalMode.AUTO:
+        start_rollback(acc, reason, by="auto", automatic=True)
+        return True
+    acc.set(
+        state=RunState.PAUSED,
+        paused_from=RunState.RUNNING,
+        reason=reason + " — roll back, or resume to keep observing",
+    )
+    acc.emit(EventKind.PAUSED, by="engine", reason=acc.run.reason)
+    return True
 
 
 _OUTCOMES: dict[EffectKind, OutcomeHandler] = {

@@ -53,11 +53,13 @@ def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
-    """Schema 2 → 3: groups watch their metrics while they are replaced. A group saved before
-    has no watch window (its mark was never taken): it is not watched, as when it was saved."""
+    """Schema 2 → 3: groups watch their metrics while they are replaced and keep them as points
+    over time. A group saved before has no watch window (its mark was never taken): it is not
+    watched, as when it was saved, and its points start empty."""
     data = dict(data)
     data["groups"] = [
-        {**g, "watch_snapshot": None, "watched": 0, "watch": None} for g in data.get("groups", ())
+        {**g, "watch_snapshot": None, "watched": 0, "watch": None, "observed": None, "points": []}
+        for g in data.get("groups", ())
     ]
     return data
 

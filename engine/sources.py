@@ -6,9 +6,14 @@ the start of a window, answers the window's :class:`~.metrics.Summary` from that
 and a series of points for charts. The mark is saved in the run record, so a window survives
 a restarted bot.
 
+A source may also answer ``async preflight(group) -> list[str]``: why the group's evidence
+would be missing (no target, wrong metric prefix, exporter unreachable), checked with the
+inventory before anything changes; a run with any such problem is refused with them.
+
 Sources are chosen by the config's ``metrics.type``; the adapters keep the registry
-(``engine.adapters.sources``). Today's only source scrapes every instance's counters
-(``engine.adapters.scrape.ScrapeSource``).
+(``engine.adapters.sources``). Two exist: scraping every instance's counters
+(``engine.adapters.scrape.ScrapeSource``) and PromQL over a Prometheus server
+(``engine.adapters.prometheus.PrometheusSource``).
 """
 
 from __future__ import annotations

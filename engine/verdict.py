@@ -62,13 +62,19 @@ class Verdict:
     """The 5xx ratio the window after may reach (None: not judged)."""
     limit_p99_ms: float | None = None
     """The p99 latency the window after may reach (None: not judged, p99 unknown)."""
+    limit_404_ratio: float | None = None
+    """The 404 ratio the window after may reach (None: not judged)."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: ``{"phase": "fail", "reasons": [...], "limits": {...}}``."""
         return {
             "phase": self.phase.value,
             "reasons": list(self.reasons),
-            "limits": {"ratio_5xx": self.limit_5xx_ratio, "p99_ms": self.limit_p99_ms},
+            "limits": {
+                "ratio_5xx": self.limit_5xx_ratio,
+                "p99_ms": self.limit_p99_ms,
+                "ratio_404": self.limit_404_ratio,
+            },
         }
 
     @classmethod
@@ -92,6 +98,7 @@ class Verdict:
             reasons=tuple(str(r) for r in reasons),
             limit_5xx_ratio=limit("ratio_5xx"),
             limit_p99_ms=limit("p99_ms"),
+            limit_404_ratio=limit("ratio_404"),
         )
 
 
@@ -178,7 +185,14 @@ def not_found_rule(before: Summary, after: Summary, t: Thresholds) -> Finding:
     """
     limit = max(t.max_404_ratio, t.max_404_ratio_factor * before.ratio_404)
     return _ratio_finding(
-        "404", before.ratio_404, after.ratio_404, after.requests, limit, t, quiet_pass=True
+        "404",
+        before.ratio_404,
+        after.ratio_404,
+        after.requests,
+        limit,
+        t,
+        {"limit_404_ratio": limit},
+        quiet_pass=True,
     )
 
 
@@ -290,7 +304,11 @@ def judge(
     phase = worst(*(f.phase for f in findings))
     shown = (Phase.FAIL, Phase.INCONCLUSIVE) if phase is Phase.FAIL else (phase,)
     reasons = tuple(r for p in shown for f in findings if f.phase is p for r in f.reasons)
-    limits: dict[str, Any] = {"limit_5xx_ratio": None, "limit_p99_ms": None}
+    limits: dict[str, Any] = {
+        "limit_5xx_ratio": None,
+        "limit_p99_ms": None,
+        "limit_404_ratio": None,
+    }
     for f in findings:
         limits.update(f.limits)
     return Verdict(phase, reasons, **limits)

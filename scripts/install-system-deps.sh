@@ -6,6 +6,8 @@ set -eu
 missing=""
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || missing="$missing python3-venv"
+# The metrics tests and `demo --metrics prometheus` run a real Prometheus server.
+command -v prometheus >/dev/null 2>&1 || missing="$missing prometheus"
 
 [ -z "$missing" ] && exit 0
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from upgrade_bot.prometheus_server import PrometheusServer, find_binary
+
 from .support import Sandboxes, open_sandboxes
 
 os.environ.pop("REDIS_URL", None)
@@ -33,3 +35,18 @@ def sandboxes(tmp_path: Path) -> Iterator[Sandboxes]:
     """Sandbox fleets for this test, all taken down after it, with no process left behind."""
     with open_sandboxes(tmp_path) as boxes:
         yield boxes
+
+
+@pytest.fixture(scope="session")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
+    """One real Prometheus server (Debian package) per session (per xdist worker): loopback,
+    1 s scrape interval, file-based service discovery (tests write its target files)."""
+    if find_binary() is None:
+        message = "the 'prometheus' binary is missing (scripts/install-system-deps.sh installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    server = PrometheusServer(tmp_path_factory.mktemp("prometheus"), scrape_interval_s=1.0)
+    server.start()
+    yield server
+    server.stop()

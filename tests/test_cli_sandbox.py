@@ -112,6 +112,7 @@ def test_sandbox_up_status_down(tmp_path: Path) -> None:
             "added_latency_ms": 0.0,
             "no_cp": False,
             "no_config": False,
+            "not_found_ratio": 0.0,
             "only_slot": None,
         }
 
@@ -188,7 +189,7 @@ def test_sandbox_status_with_nothing_up(tmp_path: Path) -> None:
         (
             "3.8.1=boom",
             "'3.8.1=boom': unknown fault kind 'boom'; "
-            "expected one of never-ready, slow-start, errors, latency, no-cp, no-config",
+            "expected one of never-ready, slow-start, errors, latency, no-cp, no-config, not-found",
         ),
         ("3.8.1=errors@one", "'3.8.1=errors@one': '@one' is not a slot index (e.g. errors@1)"),
         ("3.8.1=errors:1.5", "'3.8.1=errors:1.5': the error ratio must be in (0, 1]"),

@@ -20,11 +20,14 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from upgrade_bot.cli import build_parser
 from upgrade_bot.demo import Rehearsal, run_demo
 from upgrade_bot.sandbox import manage
 from upgrade_bot.sandbox.spec import group_names
+
+from .support import pids_mentioning
 
 pytestmark = [pytest.mark.traffic, pytest.mark.timeout(400)]
 
@@ -281,3 +284,41 @@ async def test_errors_release_verdict_matches_the_traffic_and_the_report_the_rec
         for c in stub.calls_of("chat.postMessage")
     ]
     assert len(posted) == len(set(posted)), "a message was posted twice"
+
+
+@pytest.mark.parametrize("bad_release", [None, "errors"])
+def test_prometheus_demo_judges_from_a_real_prometheus(
+    tmp_path: Path, bad_release: str | None
+) -> None:
+    """``demo --metrics prometheus``: the system's Prometheus started under --dir, scraping
+    the sandbox by file SD (replaced instances included); a good release completes with every
+    verdict ``pass``, a bad one is rolled back after the first group; nothing stays up."""
+    extra = ["--bad-release", bad_release] if bad_release else []
+    report = demo_cli(
+        tmp_path, "--metrics", "prometheus", "--groups", "2", "--instances", "2", *extra
+    )
+
+    prom_dir = tmp_path / "demo" / "prometheus"
+    assert "metrics: Prometheus at http://127.0.0.1:" in report["stdout"]
+    config = yaml.safe_load((tmp_path / "demo" / "config.yaml").read_text())
+    assert config["metrics"]["type"] == "prometheus"
+    assert "Server is ready to receive web requests" in (prom_dir / "prometheus.log").read_text()
+    assert not pids_mentioning(str(prom_dir)), "the demo left Prometheus running"
+    assert report["requests_failed"] == 0
+    verdicts = [g["verdict"] for g in report["groups"]]
+    if bad_release is None:
+        assert report["state"] == "completed", report["reason"]
+        assert verdicts == ["pass", "pass"], report["groups"]
+        for i in instances(report):
+            assert (i["version_before"], i["version_after"]) == (OLD, NEW), i
+    else:
+        # stopped in the first group (by the watch while replacing, or at its gate), named by
+        # the 5xx rule on Prometheus's numbers; the second group never touched
+        assert report["state"] == "rolled_back", report["reason"]
+        assert verdicts[0] in ("fail", None) and verdicts[1] is None, report["groups"]
+        # what the bot posted in the thread names the rule and its numbers
+        assert "5xx ratio" in report["stdout"], report["stdout"][-3000:]
+        for i in report["groups"][1]["instances"]:
+            assert (i["replacements"], i["restorations"]) == (0, 0), i
+        for i in instances(report):
+            assert i["version_after"] == OLD, i

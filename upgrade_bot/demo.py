@@ -16,16 +16,21 @@ import contextlib
 import json
 import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+import yaml
+
 from .bot.settings import slack_settings
 from .engine import Run, ms, pct
 from .engine.config import load_config
+from .engine.metrics_config import PrometheusMetrics
 from .headless import EXIT_COMPLETED, EXIT_FAILED, EXIT_ROLLED_BACK
+from .prometheus_server import PrometheusError, PrometheusServer, TargetSync
 from .sandbox import manage
 from .sandbox.kube.rehearsal import KubeSandboxProcess
 from .sandbox.spec import READINESS_MODES, SandboxSpec, group_names, parse_fault
@@ -65,6 +70,14 @@ def add_arguments(demo: argparse.ArgumentParser, version_type: Any, positive: An
         default="local",
         help="local: gateway processes; kubernetes: an emulated cluster where each group is a "
         "Helm release of the APISIX chart, upgraded with the kubernetes backend",
+    )
+    demo.add_argument(
+        "--metrics",
+        choices=("scrape", "prometheus"),
+        default="scrape",
+        help="where the verdicts' evidence comes from: scraping every instance (default), or "
+        "a Prometheus server (the system's `prometheus`, started under --dir, scraping the "
+        "sandbox through file-based service discovery)",
     )
     demo.add_argument(
         "--quiet", action="store_true", help="print only the report, not the live transcript"
@@ -114,8 +127,9 @@ class ScriptedPeople:
                 await self._act_on(message)
             if payload.get("state") == "paused" and not rolled_back_by_command:
                 rolled_back_by_command = True
+                # No reason of their own: the run records why it paused (the rule and numbers).
                 await self.stub.users.run_command(
-                    APPROVER, self.channel, f'rollback {payload["run_id"]} "paused: rolling back"'
+                    APPROVER, self.channel, f"rollback {payload['run_id']}"
                 )
             await asyncio.sleep(self.poll_s)
         raise DemoError(f"the run did not end within {timeout_s:g}s")
@@ -269,13 +283,20 @@ async def rehearse(args: argparse.Namespace) -> AsyncIterator[Rehearsal]:
         # A rehearsal starts clean: runs (and group locks) left by an interrupted demo go.
         shutil.rmtree(directory / manage.REDIS_DIR, ignore_errors=True)
     handle: manage.SandboxHandle | KubeSandboxProcess
-    if getattr(args, "backend", "local") == "kubernetes":
+    kubernetes = getattr(args, "backend", "local") == "kubernetes"
+    if kubernetes and getattr(args, "metrics", "scrape") == "prometheus":
+        raise DemoError("--metrics prometheus rehearses the local sandbox only (not --backend)")
+    if kubernetes:
         print("kubernetes: an emulated cluster; each group is a Helm release of the APISIX chart")
         handle = await asyncio.to_thread(KubeSandboxProcess(directory, spec).up)
     else:
         handle = manage.up(directory, spec)
     stub = SlackStub()
+    metrics = contextlib.ExitStack()
     try:
+        if getattr(args, "metrics", "scrape") == "prometheus":
+            assert isinstance(handle, manage.SandboxHandle)
+            metrics.enter_context(prometheus_for(handle, spec.groups))
         config = load_config(handle.config_path)
         settings = slack_settings(config.slack, str(handle.config_path))
         await stub.start()
@@ -311,10 +332,65 @@ async def rehearse(args: argparse.Namespace) -> AsyncIterator[Rehearsal]:
             report["helm_releases"] = await asyncio.to_thread(handle.releases)
         yield Rehearsal(run=run, report=report, sandbox=handle, slack=stub)
     finally:
+        metrics.close()
         if isinstance(handle, KubeSandboxProcess):
             await asyncio.to_thread(handle.down)
         else:
             manage.down(handle.dir)
+
+
+@contextlib.contextmanager
+def prometheus_for(handle: manage.SandboxHandle, groups: list[str]) -> Iterator[str]:
+    """The system's Prometheus under the sandbox's folder, scraping its instances (file SD
+    kept current as they are replaced), and the bot's config pointed at it; its URL."""
+    server = PrometheusServer(handle.dir / "prometheus", scrape_interval_s=1.0)
+    try:
+        url = server.start()
+    except PrometheusError as exc:
+        raise DemoError(str(exc)) from None
+    sync = TargetSync(server, "sandbox", handle.control_url, groups)
+    try:
+        sync.start()
+        data = yaml.safe_load(handle.config_path.read_text())
+        refresh = float((data.get("metrics") or {}).get("exporter_refresh_s", 0))
+        settings = PrometheusMetrics(
+            type="prometheus", url=url, scrape_interval_s=1.0, exporter_refresh_s=refresh
+        )
+        data["metrics"] = settings.model_dump(include={"type", "url", "scrape_interval_s"})
+        data["metrics"]["exporter_refresh_s"] = refresh
+        rollout = data.setdefault("defaults", {}).setdefault("rollout", {})
+        for key in ("baseline_window_s", "settle_s"):  # what Prometheus can resolve
+            rollout[key] = max(float(rollout.get(key, 0)), settings.min_window_s())
+        handle.config_path.write_text(
+            "# Written by `upgrade-bot demo --metrics prometheus`.\n"
+            + yaml.safe_dump(data, sort_keys=False)
+        )
+        print(f"metrics: Prometheus at {url} scrapes the sandbox (file SD under {server.dir})")
+        wait_until_scraped(url, groups)
+        yield url
+    finally:
+        sync.stop()
+        server.stop()
+
+
+def wait_until_scraped(url: str, groups: list[str], timeout_s: float = 60.0) -> None:
+    """Until every group's status counter is in Prometheus (the run's preflight asks the same):
+    ``count by (group) (apisix_http_status)`` through ``/api/v1/query``
+    (prometheus/prometheus docs/querying/api.md)."""
+    deadline = time.monotonic() + timeout_s
+    seen: set[str] = set()
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
+            resp = httpx.get(
+                f"{url}/api/v1/query",
+                params={"query": "count by (group) (apisix_http_status)"},
+                timeout=5,
+            )
+            seen = {r["metric"].get("group", "") for r in resp.json()["data"]["result"]}
+            if seen >= set(groups):
+                return
+        time.sleep(0.2)
+    raise DemoError(f"Prometheus did not scrape every group within {timeout_s:g}s (seen: {seen})")
 
 
 def _count(n: int, word: str) -> str:

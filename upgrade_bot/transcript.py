@@ -159,6 +159,10 @@ LINES: dict[EventKind, Callable[[Event], str | None]] = {
     ),
     EventKind.OBSERVATION_STARTED: lambda e: "observing the upgraded fleet",
     EventKind.CHECKIN: _checkin,
+    EventKind.OBSERVATION_ALERT: lambda e: (
+        f"[{e['group']}] ALERT since the upgrade: "
+        + "; ".join((e.get("verdict") or {}).get("reasons") or [])
+    ),
     EventKind.RUN_COMPLETED: _final,
     EventKind.RUN_ROLLED_BACK: _final,
     EventKind.RUN_FAILED: _final,

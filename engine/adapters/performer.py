@@ -37,6 +37,10 @@ def slot_dict(info: SlotInfo) -> dict[str, Any]:
     return dataclasses.asdict(info)
 
 
+MAX_POINTS = 120
+"""The most points of a source's series kept in a run record (a chart's worth)."""
+
+
 class EffectPerformer:
     def __init__(
         self,
@@ -93,11 +97,28 @@ class EffectPerformer:
     async def _do_list_slots(self, run: Run, args: dict[str, Any], fence: Any) -> dict[str, Any]:
         groups: dict[str, list[dict[str, Any]]] = {}
         warnings: list[str] = []
+        metrics_problems: list[str] = []
         for name in args["groups"]:
             backend = self.backend(name)
             groups[name] = [slot_dict(s) for s in await backend.list_slots()]
             warnings += [f"{name}: {w}" for w in await backend.preflight()]
-        return {"groups": groups, "warnings": warnings}
+            metrics_problems += await self.metrics_preflight(name)
+        result: dict[str, Any] = {"groups": groups, "warnings": warnings}
+        if metrics_problems:
+            result["metrics_problems"] = metrics_problems
+        return result
+
+    async def metrics_preflight(self, group: str) -> list[str]:
+        """Why the group's evidence would be missing, before anything changes (empty: it is
+        there). A source without a ``preflight`` is not checked; one that cannot be read now is
+        a problem too (nothing has changed yet: refusing is safe)."""
+        check = getattr(self.metrics, "preflight", None)
+        if check is None:
+            return []
+        try:
+            return list(await check(group))
+        except (TemporaryError, PermanentError) as exc:
+            return [f"{group}: metrics unavailable: {exc}"]
 
     async def _do_check_control_plane(
         self, run: Run, args: dict[str, Any], fence: Any
@@ -148,12 +169,18 @@ class EffectPerformer:
         # A window's start (a mark), or, given its start, its summary from there to now.
         if "mark" in args:
             summary = await self.metrics.summarize(args["group"], args["mark"])
+            out: dict[str, Any] = {"summary": summary.to_dict()}
             if args.get("restart"):  # and the next window starts here
-                return {
-                    "summary": summary.to_dict(),
-                    "mark": await self.metrics.mark(args["group"]),
-                }
-            return {"summary": summary.to_dict()}
+                out["mark"] = await self.metrics.mark(args["group"])
+            if args.get("series_from") is not None:  # the source's own points, if it keeps any
+                points = await self.metrics.series(
+                    args["group"], float(args["series_from"]), self._now()
+                )
+                out["series"] = [
+                    {"start": p.start, "end": p.end, "summary": p.summary.to_dict()}
+                    for p in points[-MAX_POINTS:]
+                ]
+            return out
         return {"mark": await self.metrics.mark(args["group"])}
 
     async def _do_ensure_slots(

@@ -252,6 +252,19 @@ class ScrapeSource:
         """The counter deltas from ``mark`` to a snapshot taken now, summarized."""
         return summary_since(mark, await self.snapshot(group))
 
+    async def preflight(self, group: str) -> list[str]:
+        """Every instance's exporter answers (emptiness is not judged here: an instance exports
+        no status series before its first counted request, and these are read directly)."""
+        try:
+            await self.snapshot(group)
+        except TemporaryError as exc:
+            return [
+                f"{group}: {exc} (APISIX's exporter listens on 127.0.0.1:9091 unless "
+                "plugin_attr.prometheus.export_addr says otherwise; or use metrics.type: "
+                "prometheus)"
+            ]
+        return []
+
     async def series(self, group: str, start: float, end: float) -> list[SeriesPoint]:
         """None: counters are read only at the marks, so there is no history to draw."""
         return []

@@ -11,6 +11,7 @@ import httpx
 from ..backends.base import Backend
 from ..config import Config
 from ..sources import MetricsSource
+from .prometheus import PrometheusSource
 from .scrape import ScrapeSource
 
 SourceFactory = Callable[..., MetricsSource]
@@ -18,6 +19,7 @@ SourceFactory = Callable[..., MetricsSource]
 
 SOURCES: dict[str, SourceFactory] = {
     "scrape": lambda settings, *, backends, http, now: ScrapeSource(backends, http, now, settings),
+    "prometheus": lambda settings, *, backends, http, now: PrometheusSource(settings, now=now),
 }
 
 

@@ -30,7 +30,6 @@ RBAC_HINT = "see the README, 'Kubernetes backend: RBAC'"
 # https://kubernetes.io/docs/reference/kubernetes-api/workload-resources/deployment-v1/
 # https://kubernetes.io/docs/reference/kubernetes-api/workload-resources/pod-v1/
 # https://kubernetes.io/docs/reference/kubernetes-api/policy-resources/pod-disruption-budget-v1/
-# https://kubernetes.io/docs/reference/kubernetes-api/workload-resources/horizontal-pod-autoscaler-v2/
 
 
 def api_client(
@@ -78,7 +77,6 @@ class KubeCalls:
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
         self.policy = client.PolicyV1Api(api)
-        self.autoscaling = client.AutoscalingV2Api(api)
 
     async def _call(self, verb: str, what: str, fn: Callable[[], T]) -> T:
         try:
@@ -143,16 +141,6 @@ class KubeCalls:
             "list",
             f"poddisruptionbudgets in {ns}",
             lambda: self.policy.list_namespaced_pod_disruption_budget(ns),
-        )
-        return list(result.items)
-
-    async def list_hpas(self, ns: str) -> list[Any]:
-        # GET /apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers
-        # (horizontal-pod-autoscaler-v2, "list")
-        result = await self._call(
-            "list",
-            f"horizontalpodautoscalers in {ns}",
-            lambda: self.autoscaling.list_namespaced_horizontal_pod_autoscaler(ns),
         )
         return list(result.items)
 

@@ -244,7 +244,15 @@ class Fleet:
 
     def checkin(self, effect: Pending, now: float) -> dict[str, Any]:
         groups = {
-            g: {"ready": len(xs), "slots": len(xs), "versions": sorted({x.version for x in xs})}
+            g: {
+                "ready": len(xs),
+                "slots": len(xs),
+                "versions": sorted({x.version for x in xs}),
+                # what each instance served over the last minute, as the source would say
+                "since_upgrade": summary_since(
+                    dataclasses.asdict(self.snapshot(g, now - 60)), self.snapshot(g, now)
+                ).to_dict(),
+            }
             for g, xs in self.groups.items()
         }
         return {"groups": groups, "revision": self.revision}

@@ -1246,7 +1246,7 @@ def test_metrics_that_cannot_be_read_after_the_change_make_the_verdict_inconclus
     assert verdict == {
         "phase": "inconclusive",
         "reasons": ["metrics unavailable: no instance exposes metrics"],
-        "limits": {"ratio_5xx": None, "p99_ms": None},
+        "limits": {"ratio_5xx": None, "p99_ms": None, "ratio_404": None},
     }
     assert sim.of("gate_opened")[0]["recommend"] == "approve"
 
@@ -1264,12 +1264,12 @@ def test_metrics_that_cannot_be_read_before_the_change_make_the_verdict_inconclu
     assert sim.of("metrics_summary")[0]["verdict"] == {
         "phase": "inconclusive",
         "reasons": ["metrics unavailable: no instance exposes metrics"],
-        "limits": {"ratio_5xx": None, "p99_ms": None},
+        "limits": {"ratio_5xx": None, "p99_ms": None, "ratio_404": None},
     }
     assert sim.run.group("staging").verdict == {
         "phase": "inconclusive",
         "reasons": ["no baseline metrics to compare with"],
-        "limits": {"ratio_5xx": None, "p99_ms": None},
+        "limits": {"ratio_5xx": None, "p99_ms": None, "ratio_404": None},
     }
     assert sim.run.gate is not None and sim.run.gate.verdict == "inconclusive"
     assert [sim.slot(s).replacements for s in STAGING] == [1, 1, 1]
@@ -1588,3 +1588,57 @@ def test_a_group_that_turns_watching_off_is_not_watched() -> None:
     sim.drive_to_gate("staging")
     assert not any(watching(e) for e in sim.performed)
     assert sim.run.group("staging").watch is None
+
+
+# --- the observation window judged (runbook step 9) --------------------------------------------
+
+
+def observing() -> Sim:
+    sim = at_gate("prod-eu")
+    sim.approve("UALICE", "UBOB")
+    sim.drive(until=lambda s: len(s.of("checkin")) == 1)
+    assert not sim.of("observation_alert")  # a healthy fleet raises nothing
+    return sim
+
+
+def test_a_group_failing_during_observation_is_alerted_and_the_run_paused_not_completed() -> None:
+    sim = observing()
+    sim.fleet.traffic[NEW] = Traffic(ratio_5xx=0.2)
+
+    sim.drive()
+
+    assert sim.run.state == PAUSED and sim.run.step == "observe"
+    assert sim.run.reason.startswith("observation: staging fails since its upgrade: 5xx ratio")
+    alerts = sim.of("observation_alert")
+    assert [a["group"] for a in alerts] == ["staging", "prod-eu"]
+    assert all(a["verdict"]["phase"] == "fail" for a in alerts)
+    sim.cmd("rollback", "UBOB")
+    sim.drive()
+    assert sim.run.state == ROLLED_BACK and sim.fleet.versions() == {OLD: 9}
+    assert sim.run.reason.startswith("rollback requested by UBOB while paused: observation:")
+
+
+def test_resuming_after_an_alert_keeps_observing_without_alerting_twice() -> None:
+    sim = observing()
+    sim.fleet.traffic[NEW] = Traffic(ratio_5xx=0.2)
+    sim.drive()
+    assert sim.run.state == PAUSED
+
+    sim.cmd("resume", "UALICE")
+    sim.drive()
+
+    assert sim.run.state == COMPLETED  # the person resuming accepted the anomaly
+    assert len(sim.of("observation_alert")) == 2
+
+
+def test_in_auto_mode_a_failing_observation_rolls_back_by_itself() -> None:
+    sim = Sim(start={"approval_mode": "auto"})
+    sim.drive(until=lambda s: len(s.of("checkin")) == 1)
+    sim.fleet.traffic[NEW] = Traffic(ratio_5xx=0.2)
+
+    sim.drive()
+
+    assert sim.run.state == ROLLED_BACK and sim.fleet.versions() == {OLD: 9}
+    started = sim.of("rollback_started")[0]
+    assert (started["by"], started["automatic"]) == ("auto", True)
+    assert started["reason"].startswith("observation: staging fails since its upgrade")

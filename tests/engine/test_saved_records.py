@@ -83,7 +83,8 @@ def migrated(data: dict[str, Any]) -> dict[str, Any]:
         field = "baseline_snapshot" if phase == "baseline_end" else "settle_snapshot"
         pending["args"]["mark"] = next(g for g in out["groups"] if g["name"] == name)[field]
     out["groups"] = [
-        {**g, "watch_snapshot": None, "watched": 0, "watch": None} for g in out["groups"]
+        {**g, "watch_snapshot": None, "watched": 0, "watch": None, "observed": None, "points": []}
+        for g in out["groups"]
     ]
     return out
 

@@ -539,3 +539,12 @@ groups:
     ]
     assert parse_config(base + "metrics: {exporter_refresh_s: 10}\n").metrics.min_window_s() == 20
     assert parse_config(base + "metrics: {exporter_refresh_s: 0}\n").metrics.prefix == "apisix_"
+
+
+def test_real_expositions_count_404s_with_an_empty_route_and_read_node_info_either_way() -> None:
+    older = parse_metrics(FIXTURE.read_text(encoding="utf-8"), "docs")
+    assert (older.s4xx, older.s404) == (1, 1)  # code="404" with route="" (no route matched)
+    assert older.version is None and older.hostname == "desktop-2022q8f-wsl"  # no version label
+    newer = parse_metrics((FIXTURE.parent / "apisix_prometheus_metrics_3x.txt").read_text(), "x")
+    assert (newer.requests, newer.s2xx, newer.s404) == (2, 2, 0)  # extra labels change nothing
+    assert (newer.version, newer.hostname) == ("3.14.1", "apisix-7c9d")

@@ -28,6 +28,7 @@ WATCHED: dict[str, Any] = {
         "ready_timeout_s": 30,
         "baseline_window_s": 2.0,
         "settle_s": 2.0,
+        "watch_min_requests": 40,
     },
     "thresholds": {"min_requests": 40},
     "smoke": {"path": "/smoke", "expect_status": [200], "count": 2},

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from upgrade_bot.bot import charts
@@ -53,3 +54,47 @@ def test_no_chart_before_both_windows_are_measured() -> None:
     assert charts.group_chart(sim.run, "prod-eu") is None  # not yet upgraded
     assert charts.title(sim.run, sim.run.group("staging")).startswith("staging · ")
     assert charts.title(sim.run, sim.run.group("staging")).endswith("· PASS")
+
+
+def test_the_chart_is_a_time_series_of_every_window_with_the_replacements_where_they_happened():
+    sim = Sim()
+    sim.drive_to_gate("staging")
+    g = sim.run.group("staging")
+    kinds = [p["kind"] for p in g.points]
+    assert kinds == ["baseline", "watch", "settle"]  # the record keeps them for history
+
+    fig = charts.group_figure(sim.run, "staging")
+    origin = float(g.baseline_snapshot["taken_at"])
+    latency = fig.axes[2]
+    assert [a.get_ylabel() for a in fig.axes] == ["5xx %", "4xx %", "p99 ms"]
+    for axes in fig.axes:
+        marks = sorted(
+            line.get_xdata()[0]
+            for line in axes.get_lines()
+            if line.get_color() == charts.REPLACED_COLOR
+        )
+        assert marks == sorted(t - origin for t in g.replaced_at)
+        # one thick segment per window, where the window was
+        spans = sorted(tuple(seg[:, 0]) for coll in axes.collections for seg in coll.get_segments())
+        assert spans == sorted(
+            (p["start"] - origin, p["end"] - origin) for p in g.points if p["end"] > p["start"]
+        )
+    limits = {line.get_label(): line.get_ydata()[0] for line in latency.get_lines()}
+    assert limits["limit"] == sim.run.group("staging").verdict["limits"]["p99_ms"]
+    png = charts.group_chart(sim.run, "staging")
+    assert png is not None and png.startswith(b"\x89PNG") and len(png) < charts.MAX_BYTES
+
+
+def test_a_source_series_is_drawn_as_a_line_under_the_windows() -> None:
+    sim = Sim()
+    sim.drive_to_gate("staging")
+    g = sim.run.group("staging")
+    series = [
+        {"kind": "source", "start": g.points[0]["start"] + i, "end": g.points[0]["start"] + i + 1,
+         "summary": {**g.points[0]["summary"], "ratio_5xx": i / 100}}
+        for i in range(30)
+    ]  # fmt: skip
+    run = sim.run.with_group(g.with_(points=(*g.points, *series)))
+    fig = charts.group_figure(run, "staging")
+    (line,) = [x for x in fig.axes[0].get_lines() if x.get_label() == "series"]
+    assert list(line.get_ydata()) == pytest.approx([float(i) for i in range(30)])  # percent

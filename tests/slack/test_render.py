@@ -1038,3 +1038,22 @@ def test_reasons_show_people_by_name_not_by_id() -> None:
         "run_rolled_back", "3.8.1", "run-1", "rollback requested by U0BOB00002"
     )
     assert headline.endswith("rollback requested by <@U0BOB00002>")
+
+
+def test_an_observation_alert_says_why_and_offers_a_rollback_confirmed_on_production() -> None:
+    sim = at_gate("prod-eu")
+    sim.approve("UALICE", "UBOB")
+    sim.drive(until=lambda s: len(s.of("checkin")) == 1)
+    sim.fleet.traffic[NEW] = Traffic(ratio_5xx=0.2)
+    sim.drive()
+    staging, prod = sim.of("observation_alert")
+
+    for event, production in ((staging, False), (prod, True)):
+        message = check(render.event_message(event, run=sim.run))
+        text = all_text(message)
+        assert f"*{event['group']}* fails since its upgrade" in text
+        assert "5xx ratio" in text  # the rule and its numbers
+        rollback = button(message, "observe_rollback")
+        assert rollback.style == "danger"
+        assert json.loads(rollback.value or "") == {"run": "run-1", "group": event["group"]}
+        assert (rollback.confirm is not None) is production

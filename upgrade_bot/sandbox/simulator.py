@@ -95,6 +95,7 @@ FAULT_KEYS = {
     "added_latency_ms": float,
     "no_cp": bool,
     "no_config": bool,
+    "not_found_ratio": float,
 }
 
 
@@ -105,6 +106,8 @@ class Faults:
     error_ratio: float = 0.0
     added_latency_ms: float = 0.0
     no_cp: bool = False
+    not_found_ratio: float = 0.0
+    """This share of requests finds no route (``404 Route Not Found``): a partial config."""
     no_config: bool = False
     """It never receives its routes: ``404 Route Not Found`` to every request, ``/status/ready``
     503, while its ports accept connections (a TCP readiness check passes it)."""
@@ -140,8 +143,8 @@ class Faults:
                     raise ValueError(f"fault {key} must be a finite number >= 0")
             values[key] = value
         faults = cls(**values)
-        if faults.error_ratio > 1:
-            raise ValueError("fault error_ratio must be within 0..1")
+        if faults.error_ratio > 1 or faults.not_found_ratio > 1:
+            raise ValueError("fault ratios must be within 0..1")
         return faults
 
 
@@ -632,10 +635,12 @@ class Gateway:
         self.in_flight += 1
         try:
             body = await request.read()
-            if not self.ready:
+            unrouted = self.ready and self.rng.random() < self.config.faults.not_found_ratio
+            if not self.ready or unrouted:
                 # real APISIX answers this until its workers have loaded the routes. The bot's
                 # own readiness probe is not user traffic served too early.
-                if not request.headers.get("User-Agent", "").startswith(PROBE_AGENTS):
+                probe = request.headers.get("User-Agent", "").startswith(PROBE_AGENTS)
+                if not self.ready and not probe:
                     self.served_before_ready += 1
                 response = web.Response(
                     status=404,

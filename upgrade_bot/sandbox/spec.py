@@ -13,7 +13,15 @@ from pathlib import Path
 
 GROUP_NAMES = ["prod-eu", "prod-us", "prod-ap", "prod-sa", "prod-af", "prod-me", "prod-oc"]
 READINESS_MODES = ("status", "proxy", "tcp")
-FAULT_KINDS = ("never-ready", "slow-start", "errors", "latency", "no-cp", "no-config")
+FAULT_KINDS = (
+    "never-ready",
+    "slow-start",
+    "errors",
+    "latency",
+    "no-cp",
+    "no-config",
+    "not-found",
+)
 VERSION_IN_TAG = re.compile(r"(\d+\.\d+\.\d+)")
 
 
@@ -31,6 +39,7 @@ class Fault:
     added_latency_ms: float = 0.0
     no_cp: bool = False
     no_config: bool = False
+    not_found_ratio: float = 0.0
     only_slot: int | None = None
     """The fault hits only the slot with this index in each group (``errors@1``)."""
 
@@ -42,6 +51,7 @@ class Fault:
             added_latency_ms=max(self.added_latency_ms, other.added_latency_ms),
             no_cp=self.no_cp or other.no_cp,
             no_config=self.no_config or other.no_config,
+            not_found_ratio=max(self.not_found_ratio, other.not_found_ratio),
             only_slot=other.only_slot if other.only_slot is not None else self.only_slot,
         )
 
@@ -87,6 +97,11 @@ def _fault(text: str, kind: str, value: float | None) -> Fault:
         return Fault(no_cp=True)
     if kind == "no-config":
         return Fault(no_config=True)
+    if kind == "not-found":
+        ratio = value if value is not None else 0.2
+        if not 0 < ratio <= 1:
+            raise ValueError(f"'{text}': the not-found ratio must be in (0, 1]")
+        return Fault(not_found_ratio=ratio)
     raise ValueError(
         f"'{text}': unknown fault kind '{kind}'; expected one of {', '.join(FAULT_KINDS)}"
     )
