@@ -19,6 +19,7 @@ import yaml
 
 from upgrade_bot.engine.backends.kubernetes import KubernetesBackend, build
 from upgrade_bot.engine.config import KubernetesBackend as Settings
+from upgrade_bot.engine.errors import PermanentError
 from upgrade_bot.sandbox.kube.cluster import EmulatedCluster
 from upgrade_bot.sandbox.kube.controller import is_ready
 from upgrade_bot.sandbox.traffic import TrafficGenerator
@@ -218,3 +219,21 @@ async def test_a_bot_killed_mid_upgrade_resumes_without_a_second_helm_upgrade(
     finally:
         await b.close()
     await ready_on(cluster, namespace, NEW, 2)
+
+
+@pytest.mark.traffic
+async def test_a_refused_helm_upgrade_names_the_missing_permission(
+    cluster: EmulatedCluster, kubeconfig: Path, namespace: str, helm_cfg: helm.Config
+) -> None:
+    await asyncio.to_thread(install, helm_cfg, namespace)
+    b = backend(kubeconfig, namespace)
+    try:
+        cluster.refuse("patch", "deployments", 403)
+        with pytest.raises(PermanentError) as refused:
+            await b.ensure_group(NEW, slots=["g/0"], ready_timeout_s=10)
+        text = str(refused.value)
+        assert "Kubernetes refused Helm's upgrade of release edge (403 Forbidden)" in text, text
+        assert "RBAC" in text
+    finally:
+        cluster.allow_all()
+        await b.close()
