@@ -92,3 +92,21 @@ def test_a_release_that_never_becomes_ready_is_rolled_back_after_the_first_group
     # never touched.
     assert releases["prod-eu"][-1] == {"revision": 3, "status": "deployed"}
     assert releases["prod-us"] == releases["prod-ap"] == [{"revision": 1, "status": "deployed"}]
+
+
+def test_a_release_with_errors_is_caught_by_the_metrics_and_rolled_back_by_helm(
+    tmp_path: Path,
+) -> None:
+    """The metric watch (after each batch, with the rollout paused there) or the gate's verdict
+    catches the 5xx; the rollback is a Helm rollback to the recorded revision."""
+    report = demo_cli(tmp_path, "--bad-release", "errors", "--groups", "2")
+    assert report["state"] == "rolled_back", report["reason"]
+    assert "5xx ratio" in report["reason"] or "paused" in report["reason"], report["reason"]
+    assert report["requests_failed"] == 0 and report["requests_5xx"] > 0
+    first = report["groups"][0]
+    for i in first["instances"]:
+        assert i["version_after"] == OLD, i
+        assert i["restorations"] == (1 if i["replacements"] else 0), i
+    releases = report["helm_releases"]
+    assert releases["prod-eu"][-1] == {"revision": 3, "status": "deployed"}
+    assert releases["prod-us"] == [{"revision": 1, "status": "deployed"}]
