@@ -71,7 +71,7 @@ def _plan_or_start(action: str, args: list[str], usage: str) -> Request:
         raise ParseError("Which version? e.g. `3.8.1`.", usage)
     version, rest = args[0], args[1:]
     if not is_version(version):
-        raise ParseError(f"`{version}` is not a version like 3.8.1.", usage)
+        raise ParseError(f"`{version}` is not a version like 3.8.1 or 3.2.14.6.", usage)
     groups: list[str] = []
     overrides: list[str] = []
     waiver = None

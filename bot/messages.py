@@ -175,7 +175,7 @@ def unknown_group(unknown: Sequence[str], valid: Sequence[str]) -> str:
 
 
 def malformed_version(text: str, command: str = DEFAULT_COMMAND) -> str:
-    return f"{code(text)} is not a version like `3.8.1`. {usage('start', command)}"
+    return f"{code(text)} is not a version like `3.8.1` or `3.2.14.6`. {usage('start', command)}"
 
 
 def group_busy(group: str, run_id: str, channel: str | None = None) -> str:
@@ -552,8 +552,15 @@ def group_headline(
     return f"{group_line(name, status, done, total)} → {esc(target)}{prod}"
 
 
-def group_context(image: str, batch_size: int, smoke: Mapping[str, Any] | None) -> str:
+def group_context(
+    image: str,
+    batch_size: int,
+    smoke: Mapping[str, Any] | None,
+    control_plane: Mapping[str, Any] | None = None,
+) -> str:
     parts = [f"Image {code(image)}", f"batch {batch_size}"]
+    if control_plane:
+        parts.append(cp_beside_runtime(control_plane))
     if smoke:
         if smoke.get("passed"):
             parts.append(f"smoke :white_check_mark: {count(smoke.get('requests'))} requests")
@@ -745,12 +752,32 @@ def warning(text: str) -> str:
     return f":warning: {esc(text)}"
 
 
+def cp_beside_runtime(view: Mapping[str, Any]) -> str:
+    """``runtime 3 instances · CP 3/3 Healthy on 3.8.1``: the two views of a group side by side."""
+    on = f" on {esc(view.get('target'))}" if view.get("target") else ""
+    mark = ":white_check_mark:" if view.get("healthy", 0) >= view.get("expected", 0) else ":x:"
+    return (
+        f"runtime {plural(int(view.get('expected', 0)), 'instance')} · "
+        f"CP {mark} {view.get('healthy', 0)}/{view.get('expected', 0)} Healthy{on}"
+    )
+
+
+def cp_verified(group: str, status: str, view: Mapping[str, Any] | None, note: str | None) -> str:
+    if status == "skipped":
+        return f":fast_forward: Control-plane check skipped — {esc(note or 'no reason given')}"
+    detail = cp_beside_runtime(view or {})
+    if status == "ok":
+        return f":white_check_mark: {code(group)} on the control plane: {detail}"
+    return f":x: {code(group)} on the control plane: {detail} — {esc(note or '')}"
+
+
 def precheck(check: str, status: str, note: str | None, cp_version: str | None) -> str:
     name = esc(check.replace("_", " "))
     if status == "skipped":
         return f":fast_forward: Pre-check {name} skipped — {esc(note or 'no reason given')}"
     version = f": {esc(cp_version)}" if cp_version else ""
-    return f":white_check_mark: Pre-check {name} ok{version}"
+    detail = f" — {esc(note)}" if note else ""
+    return f":white_check_mark: Pre-check {name} ok{version}{detail}"
 
 
 def changelog_headline(n_versions: int, versions: Sequence[str]) -> str:

@@ -291,7 +291,7 @@ def group_progress(run: Run, group_name: str) -> Message:
     )
     blocks: list[Block] = [_section(headline, hint)]
     blocks += _sections(_slot_lines(g), hint, MAX_BLOCKS - 2)
-    context = [msg.group_context(g.target_image, g.batch_size, g.smoke)]
+    context = [msg.group_context(g.target_image, g.batch_size, g.smoke, g.control_plane)]
     if g.verdict:
         context.append(msg.verdict(g.verdict.get("phase")))
     blocks.append(_context(*context, hint=hint))
@@ -893,6 +893,10 @@ EVENT_POSTS: dict[EventKind, Callable[[_Ctx], Message | None]] = {
         lambda e: msg.smoke_skipped(e["group"], e.get("reason", "")), False
     ),
     EventKind.METRICS_SUMMARY: lambda c: metrics_summary(c.event, event_id=c.event_id),
+    EventKind.CP_VERIFIED: _simple(
+        lambda e: msg.cp_verified(e["group"], e["status"], e.get("view"), e.get("note")),
+        False,
+    ),
     EventKind.WATCH_FAILED: _simple(
         lambda e: msg.watch_failed(
             e["group"], e["done"], e["total"], (e.get("verdict") or {}).get("reasons") or []

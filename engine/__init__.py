@@ -45,7 +45,7 @@ from .runner import DriveResult, LeaseBusy, LeaseLost
 from .schema import Unresumable
 from .sources import MetricsSource
 from .units import ms, pct
-from .versions import Version, is_version
+from .versions import Version, is_version, normalize
 
 __all__ = [
     "ABORTED",
@@ -101,6 +101,7 @@ __all__ = [
     "kind_of",
     "load_config",
     "ms",
+    "normalize",
     "parse_config",
     "pct",
 ]

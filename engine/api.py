@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .config import Config, Group
+from .cpview import group_view
 from .decide import OVERRIDES, Command, Decision, allowed, initial_run, plan_groups
 from .errors import Duplicate, Refused, UnknownRun
 from .feed import EventFeed
@@ -21,7 +22,7 @@ from .readiness import describe as describe_readiness
 from .runner import Clock, DriveResult, LeaseBusy, Performer, Runner, SystemClock, no_checkpoint
 from .schema import Unresumable, load_run, plan_hash
 from .store import Record, Store
-from .versions import Version, is_version, path_warning
+from .versions import EXAMPLE, Version, is_version, normalize, path_warning
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,10 @@ class PlanningPerformer(Performer, Protocol):
     async def cp_version(self) -> str | None: ...
 
     async def changelog_entries(self, current: str | None, target: str) -> dict[str, Any]: ...
+
+    async def cp_groups(self) -> list[dict[str, Any]] | None: ...
+
+    async def cp_group_instances(self, groups: list[str]) -> dict[str, Any] | None: ...
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,7 @@ class Engine:
 
     async def plan(self, target: str, groups: Sequence[str] | None = None) -> Plan:
         """What a run to ``target`` would do, and what would stop it, without doing anything."""
-        _check_version(target)
+        target = _check_version(target)
         names = self.resolve_groups(groups)
         group_runs = plan_groups(self.config, target, list(names))
         inventory = await self.performer.inventory(names)
@@ -137,6 +142,9 @@ class Engine:
                 blockers.append(
                     f"control plane runs {cp_version}, older than {target} (override: cp-version)"
                 )
+            blockers += _cp_instance_findings(
+                await self.performer.cp_group_instances(list(names)) or {}, warnings
+            )
         changelog = await self.performer.changelog_entries(current, target)
         backup = (
             f"{self.config.backup.type} hook"
@@ -155,6 +163,11 @@ class Engine:
             plan_hash=plan_hash(target, group_runs),
         )
 
+    async def control_plane_groups(self) -> list[dict[str, Any]] | None:
+        """The CP's gateway groups: id, name, instance count, versions and statuses
+        (None when no control plane is configured)."""
+        return await self.performer.cp_groups()
+
     async def start(
         self,
         target: str,
@@ -170,7 +183,7 @@ class Engine:
         channel: str | None = None,
     ) -> Run:
         """Create a run (taking its groups' locks). The driver then carries it out."""
-        _check_version(target)
+        target = _check_version(target)
         names = self.resolve_groups(groups)
         if approval_mode not in ("human", "auto"):
             raise Refused(f"approval mode '{approval_mode}': expected human or auto")
@@ -304,9 +317,32 @@ class Engine:
         return dict(zip(run_ids, results, strict=True))
 
 
-def _check_version(target: str) -> None:
+def _cp_instance_findings(groups: dict[str, Any], warnings: list[str]) -> list[str]:
+    """The run's instance pre-check, for a plan: blockers returned, warnings appended."""
+    blockers = []
+    for name, info in groups.items():
+        if info.get("skipped"):
+            warnings.append(f"{name}: {info['skipped']}")
+            continue
+        view = group_view(info["instances"], info["hostnames"])
+        if view["unhealthy"]:
+            blockers.append(
+                f"{name}: unhealthy on the control plane: {', '.join(view['unhealthy'])} "
+                "(override: unhealthy)"
+            )
+        if view["listed"] != view["expected"]:
+            warnings.append(
+                f"{name}: the control plane lists {view['listed']} instance(s), "
+                f"the runtime has {view['expected']}"
+            )
+    return blockers
+
+
+def _check_version(target: str) -> str:
+    """``target`` normalized (``v3.2.14.6`` → ``3.2.14.6``), or a refusal saying why not."""
     if not is_version(target):
-        raise Refused(f"'{target}' is not a version like 3.8.1")
+        raise Refused(f"'{target}' is not a version like {EXAMPLE}")
+    return normalize(target)
 
 
 def readiness_of(group: Group) -> str:

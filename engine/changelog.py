@@ -34,7 +34,7 @@ _RELEASE = re.compile(
     (?:(?:release|version)\s+)?          # "Release 3.8.1", "Version 3.8.1"
     \[?                                  # "[3.8.1]" (Keep a Changelog)
     v?                                   # "v3.8.1"
-    (?P<version>\d+\.\d+\.\d+)
+    (?P<version>\d+(?:\.\d+){2,4})
     (?P<pre>[-+][0-9A-Za-z][0-9A-Za-z.+-]*)?   # "3.0.0-beta", "0.9.0-RC1"
     \]?
     (?:\([^)\s]*\))?                     # "[3.8.1](https://…)"
@@ -108,4 +108,4 @@ def entries_between(entries: Iterable[Entry], current: str, target: str) -> list
     """
     low, high = Version(current), Version(target)
     chosen = [(Version(e.version), e) for e in entries]
-    return [e for v, e in sorted(chosen, key=lambda pair: pair[0].key) if low < v <= high]
+    return [e for v, e in sorted(chosen, key=lambda pair: pair[0]) if low < v <= high]

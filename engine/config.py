@@ -24,7 +24,7 @@ from pydantic import (
 
 from .errors import ConfigError
 from .metrics_config import PrometheusMetrics
-from .versions import is_version
+from .versions import EXAMPLE, is_version, normalize
 
 
 class Model(BaseModel):
@@ -260,10 +260,11 @@ class Image(Model):
     def _versions_are_versions(cls, tags: dict[str, str]) -> dict[str, str]:
         for version in tags:
             if not is_version(str(version)):
-                raise ValueError(f"'{version}' is not a version like 3.8.1")
+                raise ValueError(f"'{version}' is not a version like {EXAMPLE}")
         return tags
 
     def for_version(self, version: str) -> str:
+        version = normalize(version)
         tag = self.tags.get(version) or self.tag_template.format(version=version)
         return f"{self.repository}:{tag}"
 
@@ -274,7 +275,9 @@ class Group(Model):
     backend: BackendConfig
     image: Image
     gateway_group_id: str | None = None
-    """The group's ID on the API7 control plane (instance status and config revision)."""
+    """The group's ID on the API7 control plane (its instances as the CP sees them)."""
+    gateway_group: str | None = None
+    """Alternatively, the group's name on the control plane, looked up by exact match."""
     policy: Policy | None = None
     approval: Approval | None = None
     thresholds: Thresholds | None = None
@@ -290,6 +293,12 @@ class ControlPlane(Model):
     """Alternatively, a file holding the key (a mounted secret); used when the variable is unset."""
     verify_tls: bool = True
     timeout_s: float = Field(5.0, gt=0)
+    verify_timeout_s: float = Field(60.0, gt=0)
+    """After a group's last replacement, how long the CP may take to list every new instance
+    Healthy on the target version (instances heartbeat every 10 s; the CP calls one lost after
+    30 s without)."""
+    verify_interval_s: float = Field(5.0, gt=0)
+    """How often the CP's instance list is read while waiting."""
 
 
 class CommandHook(Model):
@@ -453,11 +462,7 @@ def _key_path(loc: tuple[Any, ...], data: Any) -> str:
             parts.append(label)
         else:
             # discriminated unions add the tag ('local', 'docker') as a loc element
-            if (
-                isinstance(node, dict)
-                and item not in node
-                and item in _TAGS
-            ):
+            if isinstance(node, dict) and item not in node and item in _TAGS:
                 continue
             parts.append(("." if parts else "") + str(item))
             node = node.get(item) if isinstance(node, dict) else None

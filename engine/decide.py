@@ -162,6 +162,8 @@ def _group_step(acc: Acc, config: Config) -> None:
             )
     elif phase == GroupPhase.REPLACE:
         _replace_step(acc, config, g, key)
+    elif phase == GroupPhase.CP_VERIFY:
+        _cp_verify_step(acc, config, g, key)
     elif phase == GroupPhase.SMOKE:
         replaced = [s for s in g.slots if s.touched]
         skip = (
@@ -194,7 +196,7 @@ def _replace_step(acc: Acc, config: Config, g: GroupRun, key: str) -> None:
     """The next batch of the group's slots to its target image (or on to the smoke test)."""
     todo = [s for s in g.slots if s.status in (SlotStatus.PENDING, SlotStatus.REPLACING)]
     if not todo:
-        acc.set(phase=GroupPhase.SMOKE)
+        acc.set(phase=GroupPhase.CP_VERIFY)
         _group_step(acc, config)
         return
     done = sum(1 for s in g.slots if s.status == SlotStatus.DONE)
@@ -223,6 +225,30 @@ def _replace_step(acc: Acc, config: Config, g: GroupRun, key: str) -> None:
         slots=[s.id for s in batch],
         image=g.target_image,
         ready_timeout_s=config.rollout_for(g.name).ready_timeout_s,
+    )
+
+
+def _cp_verify_step(acc: Acc, config: Config, g: GroupRun, key: str) -> None:
+    """Wait until the control plane lists the group's instances Healthy on the target."""
+    cp = config.control_plane
+    if cp is None:
+        if acc.run.group_index == 0:  # said once per run, not per group
+            acc.emit(
+                EventKind.CP_VERIFIED,
+                group=g.name,
+                status="skipped",
+                note="no control plane configured: instances are not checked on a CP",
+            )
+        acc.set(phase=GroupPhase.SMOKE)
+        _group_step(acc, config)
+        return
+    acc.act(
+        EffectKind.VERIFY_CONTROL_PLANE,
+        key,
+        group=g.name,
+        target=acc.run.target_version,
+        timeout_s=cp.verify_timeout_s,
+        interval_s=cp.verify_interval_s,
     )
 
 

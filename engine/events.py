@@ -43,6 +43,7 @@ class EventKind(StrEnum):
     SMOKE_FAILED = "smoke_failed"
     SMOKE_SKIPPED = "smoke_skipped"
     METRICS_SUMMARY = "metrics_summary"
+    CP_VERIFIED = "cp_verified"
     WATCH_FAILED = "watch_failed"
     OBSERVATION_ALERT = "observation_alert"
     GATE_OPENED = "gate_opened"
@@ -145,6 +146,7 @@ class OverrideUsed(Event):
     by: str
     slots: NotRequired[list[str]]
     cp_version: NotRequired[str]
+    instances: NotRequired[list[str]]  # "unhealthy" by the control plane's own status
 
 
 class Changelog(Event):
@@ -189,6 +191,15 @@ class BackupDone(Event):
 
 
 # --- a group's upgrade --------------------------------------------------------------------------
+
+
+class CpVerified(Event):
+    """The control plane's view of a group after its last replacement (``engine.cpview``)."""
+
+    group: str
+    status: str  # "ok" | "failed" | "skipped"
+    view: NotRequired[dict[str, Any]]
+    note: NotRequired[str]
 
 
 class GroupStarted(Event):
@@ -404,6 +415,7 @@ EVENT_FIELDS: dict[EventKind, type[Event]] = {
     EventKind.SMOKE_FAILED: SmokeFailed,
     EventKind.SMOKE_SKIPPED: SmokeSkipped,
     EventKind.METRICS_SUMMARY: MetricsSummary,
+    EventKind.CP_VERIFIED: CpVerified,
     EventKind.WATCH_FAILED: WatchFailed,
     EventKind.GATE_OPENED: GateOpened,
     EventKind.GATE_REMINDER: GateReminder,

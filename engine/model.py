@@ -15,8 +15,10 @@ from dataclasses import dataclass, field, replace
 from enum import Enum, StrEnum
 from typing import Any, TypeVar, Union, get_args, get_origin
 
-SCHEMA_VERSION = 3
-"""2: ``cp`` split into ``cp_version``, ``seen_revision`` and ``intent``; see ``schema.py``."""
+SCHEMA_VERSION = 4
+"""2: ``cp`` split into ``cp_version``, ``seen_revision`` and ``intent``; 3: groups watch their
+metrics while replaced and keep them as points; 4: a group records the control plane's view of
+its instances (``GroupRun.control_plane``); see ``schema.py``."""
 
 
 # --- the vocabulary; values are what records saved in Redis hold, so they never change ---------
@@ -55,6 +57,7 @@ class GroupPhase(StrEnum):
     BASELINE_START = "baseline_start"
     BASELINE_END = "baseline_end"
     REPLACE = "replace"
+    CP_VERIFY = "cp_verify"
     SMOKE = "smoke"
     SETTLE_START = "settle_start"
     SETTLE_END = "settle_end"
@@ -120,6 +123,8 @@ class EffectKind(StrEnum):
     ENSURE_SLOTS = "ensure_slots"
     SMOKE = "smoke"
     CHECKIN = "checkin"
+    VERIFY_CONTROL_PLANE = "verify_control_plane"
+    """After a group's last replacement: wait until the CP lists its instances Healthy."""
 
 
 RUNNING, WAITING, PAUSED, HELD, ROLLING_BACK = (
@@ -276,6 +281,8 @@ class GroupRun(Record):
     """The group's metrics over time, for charts and history: each measured window as
     ``{"kind": "baseline" | "watch" | "settle" | "source", "start", "end", "summary"}``
     ("source": a point of the metrics source's own series, where it keeps one)."""
+    control_plane: dict[str, Any] | None = None
+    """The CP's view of the group's instances after its last replacement (``cpview``)."""
 
     def slot(self, slot_id: str) -> SlotRun:
         for s in self.slots:

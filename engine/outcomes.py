@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .config import Config
+from .cpoutcomes import on_cp_check, on_cp_verify
 from .events import EventKind
 from .metrics import Summary
 from .model import (
@@ -93,38 +94,6 @@ def _on_inventory(acc: Acc, p: Pending, result: dict[str, Any], config: Config) 
             return
         acc.emit(EventKind.OVERRIDE_USED, override="unhealthy", by=run.requester, slots=unready)
     acc.set(step=RunStep.CP_CHECK)
-
-
-def _on_cp_check(acc: Acc, p: Pending, result: dict[str, Any], config: Config) -> None:
-    run = acc.run
-    if result.get("skipped"):
-        acc.emit(
-            EventKind.PRECHECK,
-            check="control_plane",
-            status="skipped",
-            note="no control plane configured: the CP version pre-check is skipped",
-        )
-    else:
-        cp_version = result["version"]
-        acc.set(cp_version=cp_version)
-        if Version(cp_version) < Version(run.target_version):
-            if "cp-version" not in run.overrides:
-                fail(
-                    acc,
-                    f"control plane runs {cp_version}, older than the target "
-                    f"{run.target_version}: upgrade the CP first (runbook: preparation) "
-                    "or start with the 'cp-version' override",
-                )
-                return
-            acc.emit(
-                EventKind.OVERRIDE_USED,
-                override="cp-version",
-                by=run.requester,
-                cp_version=cp_version,
-            )
-        else:
-            acc.emit(EventKind.PRECHECK, check="control_plane", status="ok", cp_version=cp_version)
-    acc.set(step=RunStep.CHANGELOG)
 
 
 def _on_changelog(acc: Acc, p: Pending, result: dict[str, Any], config: Config) -> None:
@@ -452,7 +421,8 @@ def _observation_alert(acc: Acc, result: dict[str, Any], config: Config) -> bool
 
 _OUTCOMES: dict[EffectKind, OutcomeHandler] = {
     EffectKind.LIST_SLOTS: _on_inventory,
-    EffectKind.CHECK_CONTROL_PLANE: _on_cp_check,
+    EffectKind.CHECK_CONTROL_PLANE: on_cp_check,
+    EffectKind.VERIFY_CONTROL_PLANE: on_cp_verify,
     EffectKind.LOAD_CHANGELOG: _on_changelog,
     EffectKind.READ_CONFIG_REVISION: _on_config_revision,
     EffectKind.RUN_BACKUP: _on_backup,

@@ -64,8 +64,20 @@ def _v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _v3_to_v4(data: dict[str, Any]) -> dict[str, Any]:
+    """Schema 3 → 4: groups gained ``control_plane`` (the CP's view after the group), absent
+    (None) in older records; a group already past its replacements simply has none."""
+    data = dict(data)
+    data["groups"] = [{**g, "control_plane": None} for g in data.get("groups", ())]
+    return data
+
+
 # schema N → N+1, applied in order. Each takes and returns the JSON dict.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    1: _v1_to_v2,
+    2: _v2_to_v3,
+    3: _v3_to_v4,
+}
 
 
 def plan_hash(target_version: str, groups: tuple[GroupRun, ...] | list[GroupRun]) -> str:

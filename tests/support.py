@@ -141,6 +141,7 @@ def fleet_spec(groups: int = 2, instances: int = 2, **options: Any) -> SandboxSp
         "rate_per_s": 60.0,
         "latency_ms": 20.0,
         "ready_delay_s": 0.3,
+        "heartbeat_interval_s": 0.5,
     }
     return SandboxSpec(groups=group_names(groups), instances=instances, **{**defaults, **options})
 

@@ -204,3 +204,49 @@ def test_sandbox_up_rejects_a_bad_fault(tmp_path: Path, fault: str, problem: str
     assert last.startswith("upgrade-bot sandbox up: error: argument --fault: "), last
     assert problem in last
     assert not directory.exists()  # refused before anything started
+
+
+@pytest.mark.traffic
+def test_plan_to_a_four_part_version_on_an_api7_config(tmp_path: Path) -> None:
+    """API7 EE releases have four parts: ``plan --to 3.2.14.6`` on a configuration written for
+    API7's gateway image, with the control plane's groups listed (``--cp-groups``)."""
+    directory = tmp_path / "fleet"
+    up = cli(
+        "sandbox", "up", "--dir", str(directory), "--groups", "2", "--instances", "2",
+        "--version", "3.2.14.5", "--cp-version", "3.2.14.6", "--product", "api7", "--rate", "10",
+    )  # fmt: skip
+    try:
+        assert up.returncode == 0, up.stderr
+        config = yaml.safe_load((directory / "config.yaml").read_text())
+        for group in config["groups"]:
+            group["image"] = {"repository": "api7/api7-ee-3-gateway"}
+        api7 = directory / "api7.yaml"  # beside the fleet's changelog, which it names relatively
+        api7.write_text(yaml.safe_dump(config))
+
+        plan = cli("plan", "--config", str(api7), "--to", "3.2.14.6", "--cp-groups")
+        assert plan.returncode == 0, plan.stdout + plan.stderr
+        lines = plan.stdout.splitlines()
+        assert lines[0].endswith("upgrade to 3.2.14.6 (fleet now: 3.2.14.5)"), plan.stdout
+        assert "→ api7/api7-ee-3-gateway:3.2.14.6" in plan.stdout
+        assert "  control plane: 3.2.14.6" in lines
+        assert "  control-plane groups (2):" in lines
+        for name in ("prod-eu", "prod-us"):
+            assert any(
+                line.startswith(f"    {name} (")
+                and line.endswith("2 instance(s); versions 3.2.14.5: 2; Healthy 2")
+                for line in lines
+            ), plan.stdout
+
+        data = json.loads(
+            cli("plan", "--config", str(api7), "--to", "v3.2.14.6", "--cp-groups", "--json").stdout
+        )
+        assert data["target_version"] == "3.2.14.6"  # the "v" dropped, as image tags have none
+        assert sorted(g["name"] for g in data["cp_groups"]) == ["prod-eu", "prod-us"]
+
+        # a CP older than the target blocks, comparing all four parts
+        newer = cli("plan", "--config", str(api7), "--to", "3.2.14.10")
+        assert newer.returncode != 0
+        assert "BLOCKED: control plane runs 3.2.14.6, older than 3.2.14.10" in newer.stdout
+    finally:
+        down = cli("sandbox", "down", "--dir", str(directory))
+    assert down.returncode == 0, down.stderr

@@ -54,7 +54,7 @@ def test_the_documented_example_is_valid() -> None:
             "    backend: {type: docker}\n",
             [
                 "groups[0] (prod-eu).backend.labels: required key is missing",
-                "groups[0] (prod-eu).image.tags: '3.8' is not a version like 3.8.1",
+                "groups[0] (prod-eu).image.tags: '3.8' is not a version like 3.8.1 or 3.2.14.6",
             ],
         ),
         (

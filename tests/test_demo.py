@@ -1,7 +1,7 @@
 """``upgrade-bot demo``: the full rehearsal on the sandbox through the real bot in the Slack
 stand-in, judged by its report and by what it printed and what the stand-in recorded.
 
-The default demo and two bad releases go through the real CLI in a subprocess, as a user runs
+The default demo and three bad releases go through the real CLI in a subprocess, as a user runs
 them. The ``errors`` release runs in-process through ``run_demo`` (the same function the CLI
 calls), so that the test can still ask the sandbox about the traffic before it goes down and
 compare the report with the engine's own record of the run.
@@ -22,6 +22,7 @@ import httpx
 import pytest
 import yaml
 
+from upgrade_bot.bot import charts
 from upgrade_bot.cli import build_parser
 from upgrade_bot.demo import Rehearsal, run_demo
 from upgrade_bot.sandbox import manage
@@ -141,13 +142,25 @@ def test_default_demo_upgrades_every_slot_once_without_a_failed_request(
     assert all(Path(c).read_bytes().startswith(b"\x89PNG") for c in report["charts"])
 
 
-@pytest.mark.parametrize("kind", ["never-ready", "latency"])
+@pytest.mark.parametrize("kind", ["never-ready", "latency", "no-cp"])
 def test_bad_release_is_rolled_back_without_a_failed_request(tmp_path: Path, kind: str) -> None:
     report = demo_cli(tmp_path, "--bad-release", kind)
 
     check_rolled_back(report)
     first = report["groups"][0]
-    if kind == "never-ready":
+    if kind == "no-cp":
+        # TCP readiness (the demo's choice for this release, as API7's chart ships) let every
+        # new instance in; only the control plane's instance list shows them missing.
+        assert report["reason"].startswith(
+            f"control-plane check failed on {GROUPS[0]}: the CP lists 0 of {INSTANCES} "
+            f"instances Healthy on {NEW}; not listed: "
+        ), report["reason"]
+        for i in first["instances"]:
+            assert (i["replacements"], i["restorations"]) == (1, 1), i
+        # the dashboard key the bot used appears in no message (stdout: the channel) or report
+        key = (tmp_path / "demo" / "cp_api_key").read_text().strip()
+        assert len(key) >= 16 and key not in json.dumps(report), "the CP key leaked"
+    elif kind == "never-ready":
         # The new instance never became ready: no slot was handed over, none to restore.
         for i in first["instances"]:
             assert (i["replacements"], i["restorations"]) == (0, 0), i
@@ -156,6 +169,8 @@ def test_bad_release_is_rolled_back_without_a_failed_request(tmp_path: Path, kin
         assert first["p99_ms_after"] > first["p99_ms_before"], first
         for i in first["instances"]:
             assert (i["replacements"], i["restorations"]) == (1, 1), i
+        # the report's reason is the rule and its numbers, not only who clicked
+        assert "verdict fail: p99 " in report["reason"] and " ms after vs " in report["reason"]
 
 
 @pytest.mark.parametrize(
@@ -256,6 +271,22 @@ async def test_errors_release_verdict_matches_the_traffic_and_the_report_the_rec
     assert reported == recorded
     for i in report["groups"][0]["instances"]:
         assert (i["replacements"], i["restorations"]) == (1, 1), i
+    assert report["reason"].startswith("rollback requested by U0BOB00002 at the prod-eu gate")
+    assert "verdict fail: 5xx ratio" in report["reason"], report["reason"]
+
+    # The chart of the failing group, drawn from this run's record: a time series over the
+    # whole window, the replacements at their recorded moments, small enough for a phone.
+    png = charts.group_chart(run, g.name)
+    assert png is not None and png.startswith(b"\x89PNG") and len(png) < charts.MAX_BYTES
+    origin = float(g.baseline_snapshot["taken_at"])
+    marks = sorted(
+        line.get_xdata()[0]
+        for line in charts.group_figure(run, g.name).axes[0].get_lines()
+        if line.get_color() == charts.REPLACED_COLOR
+    )
+    assert marks == pytest.approx(sorted(t - origin for t in g.replaced_at))
+    assert len(marks) == INSTANCES
+    assert g.points[0]["kind"] == "baseline" and g.points[-1]["kind"] == "settle"
 
     # In Slack: bob read the FAIL verdict on the gate and clicked Roll back; the gate message
     # was edited in place to say so; the run message ends rolled back; nothing posted twice.

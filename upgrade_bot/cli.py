@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import headless
-from .engine import EngineError, LeaseBusy, Refused, Unresumable, Version, is_version
+from .engine import EngineError, LeaseBusy, Refused, Unresumable, Version, is_version, normalize
 from .engine.config import load_config
 from .engine.errors import ConfigError, GroupBusy
 from .sandbox import manage
@@ -32,8 +32,8 @@ class CliError(Exception):
 
 def _version(text: str) -> str:
     if not is_version(text):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a version like 3.8.1")
-    return text
+        raise argparse.ArgumentTypeError(f"'{text}' is not a version like 3.8.1 or 3.2.14.6")
+    return normalize(text)
 
 
 def _positive_int(text: str) -> int:

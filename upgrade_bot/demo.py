@@ -40,11 +40,14 @@ from .wiring import engine_for
 
 REQUESTER = "U0ALICE001"  # alice, in the Slack stand-in's workspace
 APPROVER = "U0BOB00002"  # bob, on call (user group S0ONCALL01)
-BAD_RELEASES = ("never-ready", "errors", "latency", "no-config", "errors@1")
-TCP_READINESS_RELEASES = ("no-config",)
-"""Bad releases that a real readiness check or a smoke request would catch: for them the demo
-judges readiness by TCP only (as the vendors' Helm charts do) and sends no smoke request, so
-that only the metric verdict can stop them."""
+BAD_RELEASES = ("never-ready", "errors", "latency", "no-config", "errors@1", "no-cp")
+TCP_READINESS_RELEASES = ("no-config", "no-cp")
+"""Bad releases that a real readiness check would catch (a gateway without its configuration
+answers 503 on /status/ready): for them the demo judges readiness by TCP only, as the vendors'
+Helm charts do, so that only the metric verdict (no-config) or the control-plane check (no-cp:
+instances that cannot reach the CP) can stop them."""
+NO_SMOKE_RELEASES = ("no-config",)
+"""Bad releases a smoke request would catch: the demo sends none for them."""
 ENDED = frozenset({"completed", "rolled_back", "failed", "aborted"})
 
 
@@ -236,7 +239,7 @@ def demo_spec(args: argparse.Namespace) -> SandboxSpec:
         faults=faults,
         rate_per_s=args.rate,
         readiness=demo_readiness(args),
-        smoke=args.bad_release not in TCP_READINESS_RELEASES,
+        smoke=args.bad_release not in NO_SMOKE_RELEASES,
     )
 
 

@@ -139,8 +139,12 @@ def waiting_hint(run: Run) -> str:
 async def cmd_plan(args: argparse.Namespace) -> int:
     async with open_engine(args) as engine:
         plan = await engine.plan(args.to, _groups(args))
+        cp_groups = await engine.control_plane_groups() if args.cp_groups else None
     if args.json:
-        print(json.dumps(plan.__dict__, indent=2, default=str))
+        data = dict(plan.__dict__)
+        if args.cp_groups:
+            data["cp_groups"] = cp_groups
+        print(json.dumps(data, indent=2, default=str))
         return EXIT_COMPLETED
     print(
         f"plan {plan.plan_hash}: upgrade to {plan.target_version} "
@@ -155,6 +159,8 @@ async def cmd_plan(args: argparse.Namespace) -> int:
         print(f"     ready when: {g['readiness']}")
     cp = plan.control_plane
     print(f"  control plane: {cp.get('version') or cp.get('skipped')}")
+    if args.cp_groups:
+        _print_cp_groups(cp_groups)
     print(f"  backup: {plan.backup}")
     entries = plan.changelog.get("entries")
     if entries:
@@ -164,6 +170,20 @@ async def cmd_plan(args: argparse.Namespace) -> int:
     for b in plan.blockers:
         print(f"  BLOCKED: {b}")
     return EXIT_REFUSED if plan.blockers else EXIT_COMPLETED
+
+
+def _print_cp_groups(rows: list[dict[str, Any]] | None) -> None:
+    if rows is None:
+        print("  control-plane groups: no control plane configured")
+        return
+    print(f"  control-plane groups ({len(rows)}):")
+    for r in rows:
+        versions = ", ".join(f"{v}: {n}" for v, n in sorted(r["versions"].items())) or "-"
+        statuses = ", ".join(f"{s} {n}" for s, n in sorted(r["statuses"].items())) or "-"
+        print(
+            f"    {r['name']} ({r['id']}): {r['instances']} instance(s); "
+            f"versions {versions}; {statuses}"
+        )
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
@@ -345,6 +365,11 @@ def add_commands(sub: Any, version_type: Callable[[str], str]) -> dict[str, Any]
     plan.add_argument("--to", required=True, type=version_type)
     plan.add_argument("--groups", default=None, help="comma-separated, in order")
     plan.add_argument("--json", action="store_true")
+    plan.add_argument(
+        "--cp-groups",
+        action="store_true",
+        help="also list the control plane's gateway groups, instance counts and versions",
+    )
 
     run = sub.add_parser("run", help="start a run and drive it in the foreground")
     common(run)

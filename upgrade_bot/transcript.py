@@ -45,9 +45,22 @@ def _run_started(e: Event) -> str:
 def _precheck(e: Event) -> str:
     if e.get("status") == "skipped":
         return f"pre-check {e['check']}: skipped ({e.get('note')})"
-    return f"pre-check {e['check']}: ok" + (
-        f" (control plane {e['cp_version']})" if e.get("cp_version") else ""
+    return (
+        f"pre-check {e['check']}: ok"
+        + (f" (control plane {e['cp_version']})" if e.get("cp_version") else "")
+        + (f": {e['note']}" if e.get("note") else "")
     )
+
+
+def _cp_verified(e: Event) -> str:
+    if e.get("status") == "skipped":
+        return f"control-plane check: skipped ({e.get('note')})"
+    view = e.get("view") or {}
+    line = (
+        f"[{e['group']}] control plane: {view.get('healthy')}/{view.get('expected')} instances "
+        f"Healthy on {view.get('target')} (runtime: {view.get('expected')})"
+    )
+    return line + (f" — FAILED: {e['note']}" if e.get("status") == "failed" else "")
 
 
 def _changelog(e: Event) -> str:
@@ -124,6 +137,7 @@ LINES: dict[EventKind, Callable[[Event], str | None]] = {
     ),
     EventKind.SMOKE_SKIPPED: _silent,  # no slot was replaced: the verdict says the rest
     EventKind.METRICS_SUMMARY: _metrics_summary,
+    EventKind.CP_VERIFIED: _cp_verified,
     EventKind.WATCH_FAILED: lambda e: (
         f"[{e['group']}] FAIL while replacing ({e['done']}/{e['total']} slots): "
         + "; ".join((e.get("verdict") or {}).get("reasons") or [])

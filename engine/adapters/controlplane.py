@@ -1,8 +1,13 @@
-"""Client of the API7 Enterprise control plane (the dashboard's HTTP API).
+"""Client of the API7 Enterprise control plane (the dashboard's Admin API).
 
 Reads what the runner needs before and during an upgrade: the control plane's own version,
-the data-plane instances of a gateway group and the group's configuration revision. Every
-call carries the dashboard token in ``X-API-KEY``.
+gateway groups (by id or by name) and the data-plane instances of a group as the CP sees them.
+Every path and field comes from a vendor source named beside the call: the Admin API reference
+in api7/docs.apiseven.com, or API7's own clients (api7/adc, api7/a7). Every call carries the
+dashboard token in ``X-API-KEY`` (adc's ``BackendAPI7`` constructor sets the same header).
+
+The Admin API has no configuration revision per gateway group: the instances send theirs
+(``conf_server_revision``) in their heartbeats, but ``GET /api/instances`` does not return it.
 
 httpx failures are translated at this boundary: connection errors, timeouts, 429 and 5xx
 become :class:`TemporaryError`; a refused key (401/403), an unknown resource (404) and
@@ -12,6 +17,7 @@ message, a ``repr`` or a log line -- only the name of the variable or file it ca
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +31,16 @@ from ..errors import PermanentError, TemporaryError
 
 API_KEY_HEADER = "X-API-KEY"
 DEFAULT_PAGE_SIZE = 100
+PAGING_ATTEMPTS = 3
+RETRIES = 3
+"""Attempts per GET on timeouts, connection errors, 429 and 5xx, with a doubling backoff."""
+RETRY_BASE_S = 0.5
+# The first API7 EE release whose Admin API reference (api7/docs.apiseven.com, the oldest
+# ``enterprise_versioned_docs/version-*/reference/admin-api.json``) lists the path; a 404 names it.
+PATH_SINCE = {
+    "/api/instances": "3.2.9.5",
+    "/api/gateway_groups": "3.2.9.5",
+}
 # A server that ignores `page` would answer the same page forever; stop long before that.
 MAX_PAGES = 10_000
 
@@ -70,6 +86,8 @@ class ControlPlaneClient:
         client: httpx.AsyncClient | None = None,
         key_hint: str | None = None,
         page_size: int = DEFAULT_PAGE_SIZE,
+        retries: int = RETRIES,
+        retry_base_s: float = RETRY_BASE_S,
     ) -> None:
         if not api_key:
             raise PermanentError("the control-plane API key is empty")
@@ -81,6 +99,8 @@ class ControlPlaneClient:
         self._key_hint = key_hint or "the control-plane API key"
         self._timeout = httpx.Timeout(timeout_s)
         self._page_size = page_size
+        self._retries = max(1, retries)
+        self._retry_base_s = retry_base_s
         self._owns_client = client is None
         self._client = client or httpx.AsyncClient(verify=verify_tls, timeout=self._timeout)
 
@@ -134,37 +154,123 @@ class ControlPlaneClient:
     # --- API -----------------------------------------------------------------------------
 
     async def version(self) -> str:
-        """The control plane's version (``GET /api/version``), e.g. ``"3.8.0"``."""
+        """The control plane's version, e.g. ``"3.2.14.6"`` (``"dev"`` on development builds).
+
+        ``GET /api/version`` answers ``{"value": "<version>"}``, the value a plain string:
+        api7/adc ``libs/backend-api7/src/index.ts`` @1c37ce48 (``BackendAPI7.version``) reads it
+        so, and maps ``"dev"`` to the highest version. The Admin API reference does not list it.
+        """
         path = "/api/version"
-        value = _value(await self._get(path), path, self._where)
-        version = value.get("version")
-        if not isinstance(version, str) or not version:
-            raise self._malformed(path, "no 'version'")
-        return version
+        body = await self._get(path)
+        value = body.get("value") if isinstance(body, dict) else None
+        if not isinstance(value, str) or not value.strip():
+            raise self._malformed(path, "expected {'value': '<version>'}")
+        return value.strip()
+
+    async def gateway_group(self, gateway_group_id: str) -> dict[str, Any]:
+        """One gateway group by id (``GET /api/gateway_groups/{id}`` → ``{"value": {...}}``).
+
+        Source: API7 EE Admin API reference, api7/docs.apiseven.com
+        ``enterprise_versioned_docs/version-3.2.14.6/reference/admin-api.json`` @faf96f0e
+        (operation ``getGatewayGroup``); api7/a7 ``pkg/cmd/gateway-group/get/get.go`` @69c5178d
+        and ``pkg/api/client.go`` (the ``{"value": ...}`` envelope) read it the same way.
+        """
+        path = f"/api/gateway_groups/{quote(gateway_group_id, safe='')}"
+        body = await self._get(path)
+        value = body.get("value") if isinstance(body, dict) else None
+        if not isinstance(value, dict) or not isinstance(value.get("id"), str):
+            raise self._malformed(path, "expected {'value': {'id': ..., 'name': ...}}")
+        return value
+
+    async def gateway_groups(self, search: str | None = None) -> list[dict[str, Any]]:
+        """Every gateway group (or those matching ``search``), all pages, oldest first.
+
+        ``GET /api/gateway_groups?search=&page=&page_size=&order_by=created_at&direction=asc``
+        → ``{"list": [{"id", "name", ...}], "total": N}``: Admin API reference (above),
+        operation ``listGatewayGroup``; api7/adc ``getGatewayGroupId`` @1c37ce48 looks a group up
+        by name with ``search``. The order is explicit: the default (``updated_at`` descending)
+        moves whenever someone edits a group, which would shift pages under us.
+        """
+        params: dict[str, Any] = {"order_by": "created_at", "direction": "asc"}
+        if search is not None:
+            params["search"] = search
+        return await self._all_pages("/api/gateway_groups", params)
+
+    async def resolve_gateway_group(
+        self, *, gateway_group_id: str | None = None, name: str | None = None
+    ) -> dict[str, Any]:
+        """The gateway group with this id, or else the one whose name is exactly ``name``.
+
+        ``search`` matches loosely (a keyword), so the results are filtered to the exact name;
+        none or several is a :class:`PermanentError` that says which.
+        """
+        if gateway_group_id:
+            return await self.gateway_group(gateway_group_id)
+        if not name:
+            raise ValueError("give gateway_group_id or name")
+        found = [g for g in await self.gateway_groups(search=name) if g.get("name") == name]
+        if not found:
+            raise PermanentError(
+                f"control plane at {self._where} has no gateway group named '{name}'"
+            )
+        if len(found) > 1:
+            ids = ", ".join(str(g.get("id")) for g in found)
+            raise PermanentError(
+                f"control plane at {self._where} has {len(found)} gateway groups named "
+                f"'{name}' (ids {ids}): set gateway_group_id instead of the name"
+            )
+        return found[0]
 
     async def instances(self, gateway_group_id: str) -> list[dict[str, Any]]:
-        """Every data-plane instance of a gateway group, following all pages (ordered by id)."""
-        path = "/api/instances"
+        """Every data-plane instance of a gateway group, all pages, oldest first.
+
+        ``GET /api/instances?gateway_group_id=&page=&page_size=&order_by=created_at&direction=asc``
+        → ``{"list": [{"id", "hostname", "ip", "gateway_group_id", "version", "ports",
+        "last_heartbeat_time", "created_at", "status", "cores"}], "total": N}``; ``status`` is one
+        of Healthy, OutOfSync, LostConnection, Offline (the CP's own judgement, used as is).
+        Source: Admin API reference (above), operation ``listInstances``. The order is explicit:
+        the default, ``last_heartbeat_time`` descending, reshuffles with every heartbeat.
+        """
+        params = {
+            "gateway_group_id": gateway_group_id,
+            "order_by": "created_at",
+            "direction": "asc",
+        }
+        return await self._all_pages("/api/instances", params)
+
+    async def _all_pages(self, path: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Every item of a paged list (``page`` from 1, ``page_size`` ≥ 1, ``{list, total}``).
+
+        Items that appear on two pages count once. When ``total`` changed between pages (an
+        item came or went, shifting the pages) or fewer items than ``total`` were read, the
+        whole list is read again, a few times.
+        """
+        found: list[dict[str, Any]] = []
+        for _ in range(PAGING_ATTEMPTS):
+            found, totals = await self._pages_once(path, params)
+            if len(totals) == 1 and len(found) >= next(iter(totals)):
+                return found
+        return found
+
+    async def _pages_once(
+        self, path: str, params: Mapping[str, Any]
+    ) -> tuple[list[dict[str, Any]], set[int]]:
         found: list[dict[str, Any]] = []
         seen: set[Any] = set()
+        totals: set[int] = set()
         for page in range(1, MAX_PAGES + 1):
             body = await self._get(
-                path,
-                params={
-                    "gateway_group_id": gateway_group_id,
-                    "page": page,
-                    "page_size": self._page_size,
-                },
+                path, params={**params, "page": page, "page_size": self._page_size}
             )
             items = body.get("list") if isinstance(body, dict) else None
             total = body.get("total") if isinstance(body, dict) else None
             if not isinstance(items, list) or not isinstance(total, int):
                 raise self._malformed(path, "expected {'total': N, 'list': [...]}")
+            totals.add(total)
             new = 0
             for item in items:
                 if not isinstance(item, dict):
                     raise self._malformed(path, "a list item is not an object")
-                # instances registering while we page shift later pages by one: skip repeats
                 key = item.get("id", id(item))
                 if key in seen:
                     continue
@@ -173,20 +279,22 @@ class ControlPlaneClient:
                 new += 1
             if len(items) < self._page_size or len(found) >= total or new == 0:
                 break
-        return found
-
-    async def config_revision(self, gateway_group_id: str) -> int:
-        """The gateway group's current configuration revision (grows with every change)."""
-        path = f"/api/gateway_groups/{quote(gateway_group_id, safe='')}/config_revision"
-        value = _value(await self._get(path), path, self._where)
-        revision = value.get("config_revision")
-        if not isinstance(revision, int) or isinstance(revision, bool):
-            raise self._malformed(path, "no integer 'config_revision'")
-        return revision
+        return found, totals
 
     # --- plumbing ------------------------------------------------------------------------
 
     async def _get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        """GET ``path``; timeouts, connection errors, 429 and 5xx are tried again (backoff)."""
+        for attempt in range(self._retries):
+            try:
+                return await self._get_once(path, params)
+            except TemporaryError:
+                if attempt + 1 >= self._retries:
+                    raise
+                await asyncio.sleep(self._retry_base_s * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def _get_once(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
         try:
             resp = await self._client.get(
                 self._base + path,
@@ -215,9 +323,7 @@ class ControlPlaneClient:
                 delay_s=_retry_after(resp),
             )
         if status == 404:
-            raise PermanentError(
-                f"control plane at {self._where} has no {path} (404){self._message(resp)}"
-            )
+            raise PermanentError(self._not_found(path) + self._message(resp))
         if not 200 <= status < 300:
             raise PermanentError(
                 f"control plane at {self._where} answered HTTP {status} to GET {path}"
@@ -240,21 +346,23 @@ class ControlPlaneClient:
         # a proxy in front of the dashboard might echo the request headers back
         return ": " + message.replace(self._api_key, "***")[:200]
 
+    def _not_found(self, path: str) -> str:
+        """What a 404 means: an unknown gateway group, or an Admin API older than the path."""
+        if path.startswith("/api/gateway_groups/"):
+            group = path.removeprefix("/api/gateway_groups/")
+            return f"control plane at {self._where} has no gateway group with id '{group}' (404)"
+        since = PATH_SINCE.get(path)
+        needs = (
+            f"API7 EE {since} or later lists it in its Admin API reference"
+            if since
+            else "no API7 Admin API reference lists it; API7's own CLI (adc) calls it"
+        )
+        return f"control plane at {self._where} has no GET {path} (404; {needs})"
+
     def _malformed(self, path: str, what: str) -> PermanentError:
         return PermanentError(
             f"control plane at {self._where} answered GET {path} with an unexpected body ({what})"
         )
-
-
-def _value(body: Any, path: str, where: str) -> dict[str, Any]:
-    """The ``value`` of a single-resource envelope ``{"value": {...}}``."""
-    value = body.get("value") if isinstance(body, dict) else None
-    if not isinstance(value, dict):
-        raise PermanentError(
-            f"control plane at {where} answered GET {path} with an unexpected body "
-            "(expected {'value': {...}})"
-        )
-    return value
 
 
 def _retry_after(resp: httpx.Response, default: float = 2.0) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import httpx
 from ..backends.base import Backend, SlotInfo
 from ..changelog import entries_between, parse_changelog
 from ..config import Config
+from ..cpview import group_view, verified
 from ..decide import Failure, Outcome
 from ..errors import PermanentError, TemporaryError
 from ..model import Pending, Run
@@ -26,6 +28,7 @@ from ..sources import MetricsSource
 from ..store import Fence
 from .changelog_source import read_source
 from .controlplane import ControlPlaneClient
+from .freeze import NOT_VERIFIABLE_API7, config_index
 from .hooks import run_backup
 from .smoke import run_smoke
 from .sources import build_metrics_source
@@ -35,6 +38,11 @@ log = logging.getLogger(__name__)
 
 def slot_dict(info: SlotInfo) -> dict[str, Any]:
     return dataclasses.asdict(info)
+
+
+def _compact(instance: dict[str, Any]) -> dict[str, Any]:
+    """What the engine reads of a CP instance (``listInstances`` fields)."""
+    return {k: instance.get(k) for k in ("id", "hostname", "version", "status")}
 
 
 MAX_POINTS = 120
@@ -85,6 +93,10 @@ class EffectPerformer:
     async def cp_version(self) -> str | None:
         return await self.cp.version() if self.cp is not None else None
 
+    async def cp_group_instances(self, groups: list[str]) -> dict[str, Any] | None:
+        """``cp_instances`` for planning (None: no CP configured)."""
+        return await self.cp_instances(groups) if self.cp is not None else None
+
     async def changelog_entries(self, current: str | None, target: str) -> dict[str, Any]:
         return await self._do_load_changelog(
             None,
@@ -125,7 +137,79 @@ class EffectPerformer:
     ) -> dict[str, Any]:
         if self.cp is None:
             return {"skipped": True}
-        return {"version": await self.cp.version()}
+        groups = await self.cp_instances([g.name for g in run.groups])
+        return {"version": await self.cp.version(), "groups": groups}
+
+    async def cp_instances(self, names: list[str]) -> dict[str, Any]:
+        """Per group: the CP's instances and the runtime's host names (``cpview`` judges them),
+        or why the group has none on the CP."""
+        assert self.cp is not None
+        groups: dict[str, Any] = {}
+        for name in names:
+            group_id, note = await self._cp_group(name)
+            if group_id is None:
+                groups[name] = {"skipped": note}
+                continue
+            groups[name] = {
+                "gateway_group_id": group_id,
+                "instances": [_compact(i) for i in await self.cp.instances(group_id)],
+                "hostnames": await self._hostnames(name),
+            }
+        return groups
+
+    async def _do_verify_control_plane(
+        self, run: Run, args: dict[str, Any], fence: Any
+    ) -> dict[str, Any]:
+        """Poll the CP until it lists the group's instances Healthy on the target, or the
+        deadline passes; the last view either way (the decision is the engine's)."""
+        if self.cp is None:
+            return {"skipped": "no control plane configured"}
+        name = args["group"]
+        group_id, note = await self._cp_group(name)
+        if group_id is None:
+            return {"skipped": note}
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while True:
+            instances = await self.cp.instances(group_id)
+            view = group_view(instances, await self._hostnames(name), args["target"])
+            waited = loop.time() - started
+            if verified(view) or waited >= float(args["timeout_s"]):
+                return {"view": view, "waited_s": round(waited, 1)}
+            await asyncio.sleep(float(args["interval_s"]))
+
+    async def _cp_group(self, name: str) -> tuple[str | None, str | None]:
+        """The CP's id of the group (by id, or looked up by name), or why there is none."""
+        assert self.cp is not None
+        group = self.config.group(name)
+        if not (group.gateway_group_id or group.gateway_group):
+            return None, f"no gateway_group or gateway_group_id configured for {name}"
+        found = await self.cp.resolve_gateway_group(
+            gateway_group_id=group.gateway_group_id, name=group.gateway_group
+        )
+        return str(found["id"]), None
+
+    async def _hostnames(self, name: str) -> list[str | None]:
+        """The host names of the instances the runtime has now (None where it cannot tell)."""
+        return [s.hostname for s in await self.backend(name).list_slots()]
+
+    async def cp_groups(self) -> list[dict[str, Any]] | None:
+        """The CP's gateway groups with their instances by version and status (None: no CP)."""
+        if self.cp is None:
+            return None
+        rows = []
+        for group in await self.cp.gateway_groups():
+            instances = await self.cp.instances(str(group["id"]))
+            rows.append(
+                {
+                    "id": group["id"],
+                    "name": group.get("name"),
+                    "instances": len(instances),
+                    "versions": dict(Counter(str(i.get("version")) for i in instances)),
+                    "statuses": dict(Counter(str(i.get("status")) for i in instances)),
+                }
+            )
+        return rows
 
     async def _do_load_changelog(
         self, run: Run, args: dict[str, Any], fence: Any
@@ -145,15 +229,16 @@ class EffectPerformer:
         }
 
     async def revision(self, run: Run) -> dict[str, Any]:
-        if self.cp is None:
-            return {"skipped": "no control plane configured: config freeze not checked"}
-        ids = [self.config.group(g.name).gateway_group_id for g in run.groups]
-        ids = [i for i in ids if i]
-        if not ids:
-            return {"skipped": "no gateway_group_id configured: config freeze not checked"}
-        revisions = await asyncio.gather(*(self.cp.config_revision(i) for i in ids))
-        # Revisions only grow, so their sum moves whenever any group's configuration moves.
-        return {"revision": sum(revisions), "by_group": dict(zip(ids, revisions, strict=True))}
+        """The config-freeze signal (see ``freeze``): none on API7 EE, the instances' etcd
+        modify index on plain APISIX."""
+        if self.cp is not None:
+            return {"skipped": NOT_VERIFIABLE_API7}
+        urls: dict[str, str] = {}
+        for g in run.groups:
+            for s in await self.backend(g.name).list_slots():
+                if s.endpoints.get("metrics"):
+                    urls[s.id] = s.endpoints["metrics"]
+        return await config_index(urls, self.http)
 
     async def _do_read_config_revision(
         self, run: Run, args: dict[str, Any], fence: Any

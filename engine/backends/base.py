@@ -52,6 +52,9 @@ class SlotInfo:
     digest: str | None = None
     endpoints: dict[str, str] = field(default_factory=dict)
     """Base URLs of the instance behind the slot: ``proxy``, ``status``, ``metrics``."""
+    hostname: str | None = None
+    """The host name (or instance id) the instance behind the slot reports to the control
+    plane: a pod's name, a container's host name. None when the runtime cannot tell."""
 
 
 class SlotStep(StrEnum):

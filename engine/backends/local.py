@@ -163,4 +163,6 @@ def _slot_info(slot: dict[str, Any]) -> SlotInfo:
         # The sandbox has no registry: a stable stand-in digest of the image reference.
         digest="sha256:" + hashlib.sha256(image.encode()).hexdigest() if image else None,
         endpoints=current.get("endpoints", {}),
+        # the simulator heartbeats with its instance id as its host name, as a pod would
+        hostname=current.get("id"),
     )

@@ -23,6 +23,7 @@ import yaml
 
 from upgrade_bot.engine import runner as runner_module
 from upgrade_bot.engine.config import Config, parse_config
+from upgrade_bot.engine.cpview import group_view, verified
 from upgrade_bot.engine.decide import (
     Command,
     Decision,
@@ -152,6 +153,12 @@ class Fleet:
             {"version": NEW, "text": "- fix: upstream keepalive pool leak"}
         ]
         self.revision = 7
+        # the control plane's own view: slot id → status (absent: not listed); versions that
+        # cannot reach the CP are never listed
+        self.cp_status: dict[str, str] = {}
+        self.cp_unreachable_versions: set[str] = set()
+        self.cp_extra: dict[str, list[dict[str, Any]]] = {}
+        self.cp_lists_instances = False  # the pre-check reads instances only when True
         self.warnings: list[str] = []
         self.smoke_failures: list[str] = []
         # slot id → errors returned by its next ensure_slots calls, one per call
@@ -178,8 +185,37 @@ class Fleet:
             "warnings": list(self.warnings),
         }
 
+    def cp_instances(self, group: str) -> list[dict[str, Any]]:
+        """What GET /api/instances lists for ``group``: each instance under its slot id as
+        host name, plus ``cp_extra`` (instances the runtime no longer has)."""
+        listed = [
+            {
+                "id": f"uid-{i.id}",
+                "hostname": i.id,
+                "version": i.version,
+                "status": self.cp_status.get(i.id, "Healthy"),
+            }
+            for i in self.groups[group]
+            if i.version not in self.cp_unreachable_versions
+        ]
+        return listed + self.cp_extra.get(group, [])
+
     def check_control_plane(self, effect: Pending, now: float) -> dict[str, Any]:
-        return {"skipped": True} if self.cp_version is None else {"version": self.cp_version}
+        if self.cp_version is None:
+            return {"skipped": True}
+        if not self.cp_lists_instances:
+            return {"version": self.cp_version}
+        groups = {
+            g: {"instances": self.cp_instances(g), "hostnames": [i.id for i in xs]}
+            for g, xs in self.groups.items()
+        }
+        return {"version": self.cp_version, "groups": groups}
+
+    def verify_control_plane(self, effect: Pending, now: float) -> dict[str, Any]:
+        group = effect.args["group"]
+        hostnames = [i.id for i in self.groups[group]]
+        view = group_view(self.cp_instances(group), hostnames, effect.args["target"])
+        return {"view": view, "waited_s": 0.0 if verified(view) else effect.args["timeout_s"]}
 
     def load_changelog(self, effect: Pending, now: float) -> dict[str, Any]:
         if self.changelog is None:

@@ -96,7 +96,9 @@ def test_apisix_upgrade_window(apisix: list[Entry]) -> None:
         ("Bugfix", None),
         ("Unreleased", None),
         ("3.8", None),
-        ("3.8.1.2", None),
+        ("3.8.1.2", ("3.8.1.2", False)),  # API7 EE releases have four parts
+        ("v3.2.14.6 (2025-03-01)", ("3.2.14.6", False)),
+        ("3.8.1.2.3.4", None),
         ("Upgrading to 3.8.1", None),
     ],
 )

@@ -322,7 +322,7 @@ def test_without_a_control_plane_the_precheck_is_skipped_with_a_note() -> None:
 
     (precheck,) = sim.of("precheck")
     assert precheck["status"] == "skipped"
-    assert precheck["note"] == "no control plane configured: the CP version pre-check is skipped"
+    assert precheck["note"] == "no control plane configured: the CP pre-checks are skipped"
     assert sim.run.cp_version is None
 
 

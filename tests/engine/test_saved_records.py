@@ -66,13 +66,15 @@ def later(run: Run, seconds: float = 1.0) -> float:
 
 
 def migrated(data: dict[str, Any]) -> dict[str, Any]:
-    """What schemas 2 and 3 must make of a schema-1 record: ``cp``'s three meanings in three
-    fields, a pending window-end measurement told where its window started (2), and groups
-    that were never watched while replaced (3)."""
+    """What schemas 2, 3 and 4 must make of a schema-1 record: ``cp``'s three meanings in three
+    fields, a pending window-end measurement told where its window started (2), groups that
+    were never watched while replaced (3), and no control-plane view for any group (4)."""
     out = copy.deepcopy(data)
     cp = out.pop("cp") or {}
+    for group in out["groups"]:
+        group["control_plane"] = None  # schema 4: absent before, nothing invented
     out.update(
-        schema=3,
+        schema=4,
         cp_version=cp.get("version"),
         seen_revision=cp.get("seen_revision"),
         intent=cp.get("intent"),
@@ -92,7 +94,7 @@ def migrated(data: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize("name", NAMES)
 def test_every_field_of_a_saved_record_is_known_to_this_code(name: str) -> None:
     data = record(name)
-    assert data["schema"] == 1 and SCHEMA_VERSION == 3
+    assert data["schema"] == 1 and SCHEMA_VERSION == 4
     run = load_run(copy.deepcopy(data))
     # Every value is kept, each in its new place: nothing was dropped or invented.
     saved = json.loads(json.dumps(run.to_dict()))

@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from upgrade_bot.engine.backends.local import LocalBackend
+from upgrade_bot.engine.config import Readiness, StatusReadiness, TcpReadiness
 from upgrade_bot.engine.errors import NotReadyError
 from upgrade_bot.sandbox import manage
 from upgrade_bot.sandbox.spec import SandboxSpec, group_names, parse_fault
@@ -102,13 +103,14 @@ async def replace_group(
     version: str,
     *,
     stop_signal: str = "SIGQUIT",
+    readiness: Readiness = StatusReadiness(mode="status"),
 ) -> list[dict[str, Any]]:
     """Every slot of ``group`` to ``version``, one at a time, through the local backend.
 
     Returns, per slot, the seconds ``ensure_image`` took and how many requests the old instance
     had in flight just before (read from its own ``/sandbox/stats``).
     """
-    backend = LocalBackend(group, handle.control_url, stop_signal=stop_signal)
+    backend = LocalBackend(group, handle.control_url, stop_signal=stop_signal, readiness=readiness)
     done = []
     try:
         for slot in await backend.list_slots():
@@ -118,7 +120,9 @@ async def replace_group(
                 slot.id, image(version), ready_timeout_s=READY_TIMEOUT_S
             )
             seconds = time.monotonic() - started
-            assert (info.id, info.version, info.ready) == (slot.id, version, True)
+            assert (info.id, info.version) == (slot.id, version)
+            # the sandbox's own ready flag is its status endpoint's: a TCP check can pass without
+            assert info.ready or readiness.mode != "status"
             done.append({"slot": slot.id, "seconds": seconds, "in_flight": old["in_flight"]})
     finally:
         await backend.close()
@@ -435,6 +439,8 @@ async def test_fault_no_cp_instances_stop_heartbeating(sandboxes: Sandboxes) -> 
         version=OLD,
         faults=dict([parse_fault(f"{NEW}=no-cp")]),
         rate_per_s=30,
+        heartbeat_interval_s=0.5,  # the CP calls an instance lost after 3 missed heartbeats
+        readiness="tcp",  # a no-cp instance's /status/ready answers 503: a TCP check lets it in
     )
     group = spec.groups[0]
     handle = await sandboxes.up(spec)
@@ -463,12 +469,12 @@ async def test_fault_no_cp_instances_stop_heartbeating(sandboxes: Sandboxes) -> 
     )
     before = await full_status(handle)
 
-    await replace_group(handle, group, NEW)
+    await replace_group(handle, group, NEW, readiness=TcpReadiness(mode="tcp"))
     new_ids = await slot_instances()
     assert set(new_ids).isdisjoint(old_ids)
 
     # The new instances never heartbeat: the control plane has no record of them, and the
-    # group's instances it knows (the stopped old ones) turn LostConnection (5 s here).
+    # group's instances it knows (the stopped old ones) turn LostConnection (1.5 s here).
     async def lost() -> dict[str, dict[str, Any]] | None:
         listed = await cp_instances()
         statuses = {i: listed[i]["status"] for i in old_ids if i in listed}
@@ -488,6 +494,8 @@ async def test_fault_no_cp_instances_stop_heartbeating(sandboxes: Sandboxes) -> 
                 slot["current"]["endpoints"]["metrics"] + "/apisix/prometheus/metrics"
             )
             assert "apisix_etcd_reachable 0" in metrics.text
+            ready = await client.get(slot["current"]["endpoints"]["status"] + "/status/ready")
+            assert ready.status_code == 503  # as an API7 gateway without its CP
     after = await settle(handle, spec)
     assert traffic_delta(after, before)["failed"] == 0, describe_failures(after, before)
 

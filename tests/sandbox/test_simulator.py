@@ -624,10 +624,12 @@ async def _in_flight_is(sim: Sim, client: httpx.AsyncClient, n: int) -> bool:
 
 async def test_heartbeats_reach_the_control_plane_and_none_under_no_cp(tmp_path: Path) -> None:
     received: list[dict[str, Any]] = []
+    groups: list[str] = []
 
     async def heartbeat(request: web.Request) -> web.Response:
         received.append(await request.json())
-        return web.json_response({"config_revision": 7})
+        groups.append(request.query.get("gateway_group", ""))
+        return web.json_response({"value": {"conf_server_revision": "7"}})
 
     app = web.Application()
     app.router.add_post("/api/dataplane/heartbeat", heartbeat)
@@ -648,27 +650,38 @@ async def test_heartbeats_reach_the_control_plane_and_none_under_no_cp(tmp_path:
         ):
 
             async def revision_echoed() -> bool:
-                return any(hb["config_revision"] == 7 for hb in received)
+                return any(hb["conf_server_revision"] == "7" for hb in received)
 
-            await eventually(revision_echoed, what="a heartbeat echoing config_revision 7")
+            await eventually(revision_echoed, what="a heartbeat echoing conf_server_revision 7")
+            await on.wait_event("ready")
+            await off.wait_event("ready")  # its workers are up; its configuration never came
             async with httpx.AsyncClient() as client:
                 on_stats = await on.stats(client)
                 off_stats = await off.stats(client)
+                on_ready = await client.get(on.url("status", "/status/ready"))
+                off_ready = await client.get(off.url("status", "/status/ready"))
                 off_metrics = families(await off.metrics_text(client))
                 on_metrics = families(await on.metrics_text(client))
     finally:
         await runner.cleanup()
 
     assert len(received) >= 2
+    # the fields of API7's DataplaneHeartbeat (tests/fixtures/api7/admin-api-3.2.14.6-excerpt.json)
     assert received[0] == {
-        "id": "hb-on",
-        "hostname": "prod-eu/0",
+        "instance_id": "hb-on",
+        "hostname": "hb-on",
         "ip": "127.0.0.1",
         "version": "3.8.1",
-        "gateway_group_id": "gg-eu",
-        "config_revision": 0,
+        "ports": [on.info["proxy_port"]],
+        "conf_server_revision": "0",
+        "cores": 1,
     }
-    assert {hb["id"] for hb in received} == {"hb-on"}  # nothing from the no_cp instance
+    assert set(groups) == {"gg-eu"}
+    assert {hb["instance_id"] for hb in received} == {"hb-on"}  # nothing from the no_cp one
+    # an API7 gateway cut off from its CP has no configuration: its status endpoint says so
+    assert on_ready.status_code == 200
+    assert off_ready.status_code == 503
+    assert off_ready.json()["error"] == "no configuration from the control plane"
     assert on_stats["config_revision"] == 7 and on_stats["heartbeats_sent"] >= 2
     assert off_stats["heartbeats_sent"] == 0
     assert off_metrics["apisix_etcd_reachable"].samples[0].value == 0

@@ -35,6 +35,7 @@ from upgrade_bot.engine import (
     ROLLING_BACK,
     RUNNING,
     WAITING,
+    EventKind,
     Gate,
     GroupRun,
     Plan,
@@ -46,6 +47,7 @@ from upgrade_bot.engine.events import undeclared_fields
 from upgrade_bot.engine.model import Approval, Pending, Rollback
 
 from ..engine.runs import NEW, OLD, REQUESTER, T0, Fleet, Sim, Traffic, image, make_config
+from ..engine.test_cp_decide import cp_sim
 
 APPROVERS = ["UALICE", "UBOB", "S0ONCALL"]
 ESCALATION = "<!subteam^S0ONCALL>"
@@ -979,7 +981,7 @@ def test_refusals_name_what_is_valid_and_where_to_look() -> None:
         "Unknown group `prod-xx`. Groups: `staging`, `prod-eu`."
     )
     assert messages.malformed_version("3.8").startswith(
-        "`3.8` is not a version like `3.8.1`. Usage: `/upgrade start VERSION"
+        "`3.8` is not a version like `3.8.1` or `3.2.14.6`. Usage: `/upgrade start VERSION"
     )
     busy = messages.group_busy("prod-eu", "up-3.8.1-x", "C0123ABC")
     assert "`prod-eu` is busy: run `up-3.8.1-x` in <#C0123ABC>" in busy
@@ -1038,6 +1040,36 @@ def test_reasons_show_people_by_name_not_by_id() -> None:
         "run_rolled_back", "3.8.1", "run-1", "rollback requested by U0BOB00002"
     )
     assert headline.endswith("rollback requested by <@U0BOB00002>")
+
+
+def test_the_control_plane_view_is_shown_beside_the_runtime_view() -> None:
+
+    sim = cp_sim()
+    sim.fleet.cp_unreachable_versions = {NEW}
+    sim.drive()
+
+    by_type = posts(sim)
+    failed = by_type["cp_verified"].text
+    assert failed.startswith(
+        ":x: `staging` on the control plane: runtime 3 instances · CP :x: 0/3 Healthy on "
+        f"{NEW} — control-plane check failed on staging: the CP lists 0 of 3"
+    ), failed
+    progress = all_text(check(render.group_progress(sim.run, "staging")))
+    assert f"runtime 3 instances · CP :x: 0/3 Healthy on {NEW}" in progress
+    line = transcript.LINES[EventKind.CP_VERIFIED](sim.of("cp_verified")[0])
+    assert line is not None and line.startswith(
+        f"[staging] control plane: 0/3 instances Healthy on {NEW} (runtime: 3) — FAILED: "
+    )
+
+    ok = cp_sim()
+    ok.drive_to_gate("staging")
+    assert posts(ok)["cp_verified"].text == (
+        f":white_check_mark: `staging` on the control plane: runtime 3 instances · CP "
+        f":white_check_mark: 3/3 Healthy on {NEW}"
+    )
+    assert f"CP :white_check_mark: 3/3 Healthy on {NEW}" in all_text(
+        check(render.group_progress(ok.run, "staging"))
+    )
 
 
 def test_an_observation_alert_says_why_and_offers_a_rollback_confirmed_on_production() -> None:

@@ -56,7 +56,7 @@ class Sandbox:
             api_key=api_key,
             clock=time.time,
             gateway_groups=self.spec.groups,
-            lost_after_s=max(5.0, 5 * self.spec.heartbeat_interval_s),
+            lost_after_s=3 * self.spec.heartbeat_interval_s,  # 30 s at the real 10 s interval
         )
         cp_runner, cp_port = await serve_control_plane(self.cp_state, host="127.0.0.1", port=0)
         self._runners.append(cp_runner)

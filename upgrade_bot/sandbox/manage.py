@@ -171,7 +171,7 @@ def bot_config(
             {
                 "name": group,
                 "production": group.startswith("prod"),
-                "gateway_group_id": group,
+                "gateway_group": group,
                 "backend": {
                     "type": "local",
                     "sandbox_url": state["control_url"],
@@ -181,7 +181,14 @@ def bot_config(
             }
             for group in spec.groups
         ],
-        "control_plane": {"url": state["cp_url"], "api_key_file": str(key_path)},
+        "control_plane": {
+            "url": state["cp_url"],
+            "api_key_file": str(key_path),
+            # a new instance heartbeats at once, and reports a revision it was sent one
+            # heartbeat later: two intervals and a margin suffice, and keep a demo short
+            "verify_timeout_s": round(2 * spec.heartbeat_interval_s + 5, 1),
+            "verify_interval_s": max(0.2, round(spec.heartbeat_interval_s / 4, 2)),
+        },
         "metrics": {"type": "scrape", "exporter_refresh_s": spec.exporter_refresh_s},
         "redis_url": redis_url,
         "changelog": CHANGELOG_FILE,
@@ -208,6 +215,10 @@ def bot_config(
                 "ready_timeout_s": 20,
                 "baseline_window_s": window_s,
                 "settle_s": window_s,
+                # The rehearsal shows each group's verdict at its gate. At the sandbox's few
+                # requests per batch a watch would halt a bad release after one slot or two,
+                # depending on timing; tests/engine/test_watch.py shows the watch on its own.
+                "watch": False,
             },
             "observation": {"window_s": 5, "checkin_interval_s": 5},
             # The gateway's own mock route: it proves the instance serves, while the metric
@@ -233,9 +244,12 @@ def write_changelog(path: Path, version: str) -> None:
     The text is the sandbox's own, not a vendor's: it only gives the changelog step something
     to show and to be acknowledged.
     """
-    major, minor, patch = (int(p) for p in version.split("."))
-    versions = [f"{major}.{minor}.{p}" for p in range(patch, patch + 4)]
-    versions += [f"{major}.{minor + 1}.0", f"{major}.{minor + 1}.1"]
+    *head, last = (int(p) for p in version.split("."))  # 3.8.0, or API7's 3.2.14.5
+    prefix = ".".join(str(p) for p in head)
+    versions = [f"{prefix}.{p}" for p in range(last, last + 4)]
+    if len(head) == 2:  # APISIX: the next minor too
+        major, minor = head
+        versions += [f"{major}.{minor + 1}.0", f"{major}.{minor + 1}.1"]
     lines = ["# Sandbox gateway release notes", ""]
     for v in reversed(versions):
         lines += [

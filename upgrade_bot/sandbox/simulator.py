@@ -487,6 +487,7 @@ class Gateway:
         self.started_at = time.monotonic()
         self.rng = random.Random(config.seed)
         self.ready = False
+        self.proxy_port = self.config.proxy_port
         self.served_before_ready = 0
         self._cached_metrics: str | None = None
         self.requests_total = 0  # proxy listener only
@@ -570,6 +571,7 @@ class Gateway:
             self._runners.append(runner)
             self._sites.append(site)
             ports[f"{name}_port"] = int(runner.addresses[0][1])
+        self.proxy_port = ports["proxy_port"]
 
         ready_after = cfg.ready_after_s
         if ready_after is not None:
@@ -693,6 +695,14 @@ class Gateway:
         return web.json_response({"status": "ok"})
 
     async def _status_ready(self, request: web.Request) -> web.Response:
+        if self.config.faults.no_cp:
+            # an API7 gateway whose dp-manager is unreachable has no configuration: its status
+            # endpoint says so (DESIGN §10; APISIX apisix/status answers 503 until every worker
+            # has its configuration)
+            return web.json_response(
+                {"status": "error", "error": "no configuration from the control plane"},
+                status=503,
+            )
         if self.ready:
             return web.json_response({"status": "ok"})
         return web.json_response(
@@ -749,16 +759,23 @@ class Gateway:
 
     async def _heartbeat_once(self, session: ClientSession, url: str) -> None:
         cfg = self.config
+        # The data plane's heartbeat as API7's Admin API reference describes it (api7/
+        # docs.apiseven.com enterprise_versioned_docs/version-3.2.14.6/reference/admin-api.json
+        # @faf96f0e, DataplaneHeartbeat). hostname: the instance's own (a pod's name), unique
+        # per instance like its id.
         payload = {
-            "id": cfg.instance_id,
-            "hostname": cfg.slot,
+            "instance_id": cfg.instance_id,
+            "hostname": cfg.instance_id,
             "ip": cfg.host,
             "version": cfg.version,
-            "gateway_group_id": cfg.gateway_group_id,
-            "config_revision": self.config_revision,
+            "ports": [self.proxy_port],
+            "conf_server_revision": str(self.config_revision),
+            "cores": 1,
         }
         try:
-            async with session.post(url, json=payload) as resp:
+            async with session.post(
+                url, params={"gateway_group": cfg.gateway_group_id}, json=payload
+            ) as resp:
                 self.heartbeats_sent += 1
                 if resp.status >= 400:
                     log.debug("heartbeat to %s answered %s", url, resp.status)
@@ -768,10 +785,10 @@ class Gateway:
             # the CP may be down or restarting during a rehearsal; the DP keeps serving
             log.debug("heartbeat to %s failed: %r", url, exc)
             return
-        if isinstance(data, dict):
-            revision = data.get("config_revision")
-            if isinstance(revision, int) and not isinstance(revision, bool):
-                self.config_revision = revision
+        value = data.get("value") if isinstance(data, dict) else None
+        revision = value.get("conf_server_revision") if isinstance(value, dict) else None
+        if isinstance(revision, str) and revision.isdigit():
+            self.config_revision = int(revision)
 
     # --- stopping --------------------------------------------------------------------------
 

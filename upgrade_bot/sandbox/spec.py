@@ -22,7 +22,7 @@ FAULT_KINDS = (
     "no-config",
     "not-found",
 )
-VERSION_IN_TAG = re.compile(r"(\d+\.\d+\.\d+)")
+VERSION_IN_TAG = re.compile(r"(\d+(?:\.\d+){2,4})")
 
 
 def group_names(count: int) -> list[str]:
@@ -64,7 +64,7 @@ def parse_fault(text: str) -> tuple[str, Fault]:
     """``3.8.1=errors:0.2`` → ("3.8.1", Fault(error_ratio=0.2)); ``KIND@N`` limits the fault to
     the slot with index N of each group. Raises ValueError with advice."""
     version, sep, kind_spec = text.partition("=")
-    if not sep or not re.fullmatch(r"\d+\.\d+\.\d+", version):
+    if not sep or not re.fullmatch(r"\d+(?:\.\d+){2,4}", version):
         raise ValueError(f"'{text}': expected VERSION=KIND, e.g. 3.8.1=errors:0.2")
     kind, _, arg = kind_spec.partition(":")
     kind, at, where = kind.partition("@")
@@ -112,7 +112,7 @@ def version_of_image(image: str) -> str:
     tag = image.rsplit(":", 1)[-1] if ":" in image.rsplit("/", 1)[-1] else ""
     match = VERSION_IN_TAG.search(tag)
     if not match:
-        raise ValueError(f"image '{image}' has no version (X.Y.Z) in its tag")
+        raise ValueError(f"image '{image}' has no version (X.Y.Z or W.X.Y.Z) in its tag")
     return match.group(1)
 
 
@@ -128,7 +128,8 @@ class SandboxSpec:
     latency_ms: float = 50.0
     ready_delay_s: float = 0.5
     cp_version: str | None = None
-    heartbeat_interval_s: float = 1.0
+    heartbeat_interval_s: float = 10.0
+    """How often instances heartbeat to the CP stand-in (a real data plane: every 10 s)."""
     readiness: str = "status"
     smoke: bool = True
     exporter_refresh_s: float = 0.0
