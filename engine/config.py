@@ -227,18 +227,60 @@ class DockerBackend(Model):
     api_timeout_s: float = Field(60, gt=0)
 
 
+class HelmSettings(Model):
+    """The ``helm`` strategy: upgrade the group's Helm release (engine/backends/kube_helm.py)."""
+
+    release: str | None = None
+    """Default: the Deployment's ``meta.helm.sh/release-name`` annotation."""
+    values_key: str | None = None
+    """The values key of the image tag; default ``image.tag`` for the APISIX chart,
+    ``apisix.image.tag`` for API7's gateway chart."""
+    chart: str | None = None
+    """A chart (directory, ``.tgz`` or ``oci://`` reference) to upgrade with; default: the chart
+    stored in the deployed release."""
+    chart_version: str | None = None
+    """With ``chart``: the chart version to upgrade to (shown in the plan)."""
+    values_file: str | None = None
+    """Extra values (YAML) applied in the same upgrade, shown in the plan as a diff against the
+    deployed values (the runbook's "other configuration changes")."""
+
+    @model_validator(mode="after")
+    def _version_needs_chart(self) -> HelmSettings:
+        if self.chart_version and not self.chart:
+            raise ValueError("'chart_version' needs 'chart' (the stored chart has one version)")
+        return self
+
+
 class KubernetesBackend(Model):
+    """A group that is one Deployment (see engine/backends/kubernetes.py and the README)."""
+
     type: Literal["kubernetes"]
     namespace: str = "default"
     deployment: str | None = None
     selector: dict[str, str] = Field(default_factory=dict)
+    """Labels of the group's Deployment, e.g. ``app.kubernetes.io/instance: prod``."""
     container: str | None = None
+    """The gateway container; default: the one whose image is the group's repository (the
+    API7 gateway chart names it ``gateway``, the APISIX chart ``apisix``)."""
     kubeconfig: str | None = None
+    """A kubeconfig file (default: ``KUBECONFIG``, then ``~/.kube/config``)."""
+    context: str | None = None
+    in_cluster: bool = False
+    """Use the pod's ServiceAccount (the bot runs inside the cluster)."""
+    strategy: Literal["helm", "patch"] | None = None
+    """``helm``: upgrade the Helm release with only the image tag changed, roll back to the
+    recorded revision. ``patch``: strategic-merge patch of the container image. Default:
+    ``helm`` when the Deployment is Helm-managed, else ``patch``."""
+    helm: HelmSettings = Field(default_factory=HelmSettings)
+    poll_interval_s: float = Field(1.0, gt=0)
+    """How often the rollout is read while it progresses."""
 
     @model_validator(mode="after")
     def _deployment_or_selector(self) -> KubernetesBackend:
         if not self.deployment and not self.selector:
-            raise ValueError("set 'deployment' or 'selector' (labels of the group's pods)")
+            raise ValueError("set 'deployment' or 'selector' (labels of the group's Deployment)")
+        if self.in_cluster and (self.kubeconfig or self.context):
+            raise ValueError("'in_cluster' uses the pod's ServiceAccount: drop kubeconfig/context")
         return self
 
 

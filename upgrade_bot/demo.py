@@ -34,6 +34,7 @@ from .engine.metrics_config import PrometheusMetrics
 from .headless import EXIT_COMPLETED, EXIT_FAILED, EXIT_ROLLED_BACK
 from .prometheus_server import PrometheusError, PrometheusServer, TargetSync
 from .sandbox import manage
+from .sandbox.kube.rehearsal import KubeSandboxProcess
 from .sandbox.spec import READINESS_MODES, SandboxSpec, group_names, parse_fault
 from .serve import serving
 from .slackstub import SlackStub, buttons
@@ -69,19 +70,20 @@ def add_arguments(demo: argparse.ArgumentParser, version_type: Any, positive: An
     )
     demo.add_argument("--rate", type=float, default=150.0)
     demo.add_argument(
+        "--backend",
+        choices=("local", "docker", "kubernetes"),
+        default="local",
+        help="local: gateway processes; docker: containers on DOCKER_HOST (default: a podman "
+        "service started under --dir); kubernetes: an emulated cluster where each group is a "
+        "Helm release of the APISIX chart, upgraded with the kubernetes backend",
+    )
+    demo.add_argument(
         "--metrics",
         choices=("scrape", "prometheus"),
         default="scrape",
         help="where the verdicts' evidence comes from: scraping every instance (default), or "
         "a Prometheus server (the system's `prometheus`, started under --dir, scraping the "
         "sandbox through file-based service discovery)",
-    )
-    demo.add_argument(
-        "--backend",
-        choices=("local", "docker"),
-        default="local",
-        help="gateways as local processes, or as containers on DOCKER_HOST (default: a podman "
-        "service started under --dir)",
     )
     demo.add_argument(
         "--quiet", action="store_true", help="print only the report, not the live transcript"
@@ -222,7 +224,7 @@ class Rehearsal:
     """The engine's final record of the run."""
     report: dict[str, Any]
     """``build_report``: the run compared with the sandbox's observed truth."""
-    sandbox: manage.SandboxHandle
+    sandbox: manage.SandboxHandle | KubeSandboxProcess
     slack: SlackStub
     """The Slack stand-in (stopped): every Web API call the bot made is in its record."""
 
@@ -316,11 +318,20 @@ async def _rehearse(args: argparse.Namespace, spec: SandboxSpec) -> AsyncIterato
     if manage.read_state(directory.resolve()) is None:
         # A rehearsal starts clean: runs (and group locks) left by an interrupted demo go.
         shutil.rmtree(directory / manage.REDIS_DIR, ignore_errors=True)
-    handle = manage.up(directory, spec)
+    handle: manage.SandboxHandle | KubeSandboxProcess
+    kubernetes = getattr(args, "backend", "local") == "kubernetes"
+    if kubernetes and getattr(args, "metrics", "scrape") == "prometheus":
+        raise DemoError("--metrics prometheus rehearses the local sandbox only (not --backend)")
+    if kubernetes:
+        print("kubernetes: an emulated cluster; each group is a Helm release of the APISIX chart")
+        handle = await asyncio.to_thread(KubeSandboxProcess(directory, spec).up)
+    else:
+        handle = manage.up(directory, spec)
     stub = SlackStub()
     metrics = contextlib.ExitStack()
     try:
         if getattr(args, "metrics", "scrape") == "prometheus":
+            assert isinstance(handle, manage.SandboxHandle)
             metrics.enter_context(prometheus_for(handle, spec.groups))
         config = load_config(handle.config_path)
         settings = slack_settings(config.slack, str(handle.config_path))
@@ -355,10 +366,15 @@ async def _rehearse(args: argparse.Namespace, spec: SandboxSpec) -> AsyncIterato
         report["backends"] = backends_said(events)
         report["slack"] = slack_summary(stub)
         report["charts"] = save_charts(stub, handle.dir / "charts")
+        if isinstance(handle, KubeSandboxProcess):
+            report["helm_releases"] = await asyncio.to_thread(handle.releases)
         yield Rehearsal(run=run, report=report, sandbox=handle, slack=stub)
     finally:
         metrics.close()
-        manage.down(handle.dir)
+        if isinstance(handle, KubeSandboxProcess):
+            await asyncio.to_thread(handle.down)
+        else:
+            manage.down(handle.dir)
 
 
 @contextlib.contextmanager
@@ -511,3 +527,6 @@ def print_report(report: dict[str, Any]) -> None:
                 f"    {i['id']:<12} {i['version_before']} → {i['version_after']}  "
                 f"replaced {i['replacements']}x, restored {i['restorations']}x"
             )
+    for group, history in (report.get("helm_releases") or {}).items():
+        revisions = ", ".join(f"{h['revision']} {h['status']}" for h in history)
+        print(f"  helm release {group}/apisix: revisions {revisions}")

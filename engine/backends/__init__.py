@@ -19,6 +19,7 @@ from .base import Backend
 BACKENDS: dict[str, str] = {
     "local": "local",
     "docker": "docker",
+    "kubernetes": "kubernetes",
 }
 """``backend.type`` -> module of this package that builds it."""
 
