@@ -167,6 +167,25 @@ def bot_config(
     per_group_rps = spec.rate_per_s / max(1, len(spec.groups))
     window_s = max(5.0, round(260 / per_group_rps, 1)) if per_group_rps else 5.0
     window_s = max(window_s, 2 * spec.exporter_refresh_s)  # what the metrics can resolve
+    config = _bot_config(spec, state, redis_url, key_path, defaults, window_s)
+    if spec.backend == "docker":
+        # The rehearsal's containers are plain APISIX: on their bridge network they cannot reach
+        # the control-plane stand-in on the host's loopback, so the bot is given none (each CP
+        # step is skipped with a note, as for any plain-APISIX fleet).
+        del config["control_plane"]
+        for group in config["groups"]:
+            del group["gateway_group"]
+    return config
+
+
+def _bot_config(
+    spec: SandboxSpec,
+    state: dict[str, Any],
+    redis_url: str,
+    key_path: Path,
+    defaults: dict[str, Any] | None,
+    window_s: float,
+) -> dict[str, Any]:
     return {
         "groups": [
             {
