@@ -133,6 +133,9 @@ class DockerBackend(ContainerOps, PerSlotRollout):
             ready=bool(state.get("Running")) and health not in ("unhealthy",),
             digest=await self.digest(str(doc.get("Image", ""))),
             endpoints=self.endpoints(doc),
+            # What the gateway reports to its control plane as its hostname: the container's
+            # (Engine API ContainerInspect, Config.Hostname; by default its short id).
+            hostname=(doc.get("Config") or {}).get("Hostname") or None,
         )
 
     # --- replacing ----------------------------------------------------------------------------

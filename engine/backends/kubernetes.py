@@ -173,6 +173,10 @@ class KubernetesBackend:
             ready=pod_ready(pod),
             digest=digest,
             endpoints=endpoints,
+            # What the gateway reports to its control plane as its hostname: the pod's
+            # spec.hostname, else metadata.name (kubernetes.io/docs/concepts/services-networking/
+            # dns-pod-service/ "Pod's hostname and subdomain fields").
+            hostname=pod.spec.hostname or pod.metadata.name,
         )
 
     async def list_slots(self) -> list[SlotInfo]:
