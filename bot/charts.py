@@ -13,6 +13,7 @@ import io
 from typing import Any
 
 from upgrade_bot.engine import GroupRun, Run
+from upgrade_bot.engine.metrics import window_point
 
 COLORS = {"pass": "#2e7d32", "fail": "#c62828", "inconclusive": "#ef6c00"}
 BEFORE_COLOR = "#546e7a"
@@ -36,22 +37,14 @@ def points_of(g: GroupRun) -> list[dict[str, Any]]:
     windows only."""
     if g.points:
         return list(g.points)
-    out = []
-    for kind, snapshot, summary in (
-        ("baseline", g.baseline_snapshot, g.before),
-        ("settle", g.settle_snapshot, g.after),
-    ):
-        if snapshot and summary:
-            start = float(snapshot["taken_at"])
-            out.append(
-                {
-                    "kind": kind,
-                    "start": start,
-                    "end": start + float(summary.get("duration_s") or 0.0),
-                    "summary": summary,
-                }
-            )
-    return out
+    return [
+        window_point(kind, snapshot, summary)
+        for kind, snapshot, summary in (
+            ("baseline", g.baseline_snapshot, g.before),
+            ("settle", g.settle_snapshot, g.after),
+        )
+        if snapshot and summary
+    ]
 
 
 def filename(run: Run, group: str) -> str:

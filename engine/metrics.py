@@ -397,3 +397,17 @@ def summary_since(mark: Mapping[str, Any] | None, now: Snapshot) -> Summary:
     """
     before = snapshot_from_dict(mark) if mark else Snapshot(taken_at=now.taken_at, instances=())
     return summarize(window(before, now))
+
+
+def window_point(
+    kind: str, mark: Mapping[str, Any] | None, summary: dict[str, Any]
+) -> dict[str, Any]:
+    """A measured window as a point over time (``GroupRun.points``): its start is its mark's
+    moment, its end that plus the summary's duration."""
+    start = float((mark or {}).get("taken_at") or 0.0)
+    return {
+        "kind": kind,
+        "start": start,
+        "end": start + float(summary.get("duration_s") or 0.0),
+        "summary": summary,
+    }

@@ -12,7 +12,7 @@ from typing import Any
 from .config import Config
 from .cpoutcomes import on_cp_check, on_cp_verify
 from .events import EventKind
-from .metrics import Summary
+from .metrics import Summary, window_point
 from .model import (
     ApprovalMode,
     EffectKind,
@@ -154,7 +154,7 @@ def _on_measure(acc: Acc, p: Pending, result: dict[str, Any], config: Config) ->
                 before=before,
                 window_until=None,
                 watch_snapshot=result.get("mark"),
-                points=(*g.points, _point("baseline", p.args.get("mark"), before)),
+                points=(*g.points, window_point("baseline", p.args.get("mark"), before)),
             )
         )
         acc.set(phase=GroupPhase.REPLACE)
@@ -162,7 +162,7 @@ def _on_measure(acc: Acc, p: Pending, result: dict[str, Any], config: Config) ->
         summary = Summary.from_dict(result["summary"])
         g = g.with_(
             watch_snapshot=result.get("mark"),
-            points=(*g.points, _point("watch", p.args.get("mark"), summary.to_dict())),
+            points=(*g.points, window_point("watch", p.args.get("mark"), summary.to_dict())),
         )
         _on_watch(acc, g, summary, int(p.args["watch"]), config)
     elif run.phase == GroupPhase.SETTLE_START:
@@ -180,7 +180,7 @@ def _on_measure(acc: Acc, p: Pending, result: dict[str, Any], config: Config) ->
             verdict = inconclusive("no baseline metrics to compare with")
         else:
             verdict = judge(Summary.from_dict(g.before), after, config.thresholds_for(g.name))
-        points = (*g.points, _point("settle", p.args.get("mark"), after.to_dict()))
+        points = (*g.points, window_point("settle", p.args.get("mark"), after.to_dict()))
         points += tuple({"kind": "source", **point} for point in result.get("series") or ())
         acc.group(
             g.with_(
@@ -198,17 +198,6 @@ def _on_measure(acc: Acc, p: Pending, result: dict[str, Any], config: Config) ->
             verdict=verdict.to_dict(),
         )
         acc.set(phase=GroupPhase.FREEZE_CHECK)
-
-
-def _point(kind: str, mark: dict[str, Any] | None, summary: dict[str, Any]) -> dict[str, Any]:
-    """A measured window as a point over time (its start is its mark's moment)."""
-    start = float((mark or {}).get("taken_at") or 0.0)
-    return {
-        "kind": kind,
-        "start": start,
-        "end": start + float(summary.get("duration_s") or 0.0),
-        "summary": summary,
-    }
 
 
 def _on_watch(acc: Acc, g: GroupRun, now: Summary, done: int, config: Config) -> None:

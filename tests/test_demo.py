@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +50,12 @@ RATE_MARGIN = 0.8
 RATIO_TOLERANCE = 0.03
 
 
-def demo_cli(tmp_path: Path, *extra: str) -> dict[str, Any]:
+def demo_cli(
+    tmp_path: Path, *extra: str, teardown: Callable[[Path], Any] = manage.down
+) -> dict[str, Any]:
     """Run ``python -m upgrade_bot demo`` to its end; return its JSON report (with its printed
-    output under ``"stdout"``)."""
+    output under ``"stdout"``). ``teardown(directory)`` runs whatever happened and returns what
+    it found still up (nothing may be)."""
     directory, report = tmp_path / "demo", tmp_path / "report.json"
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     try:
@@ -74,7 +78,7 @@ def demo_cli(tmp_path: Path, *extra: str) -> dict[str, Any]:
             cwd=tmp_path,
         )
     finally:
-        leftover = manage.down(directory)  # whatever happened, nothing stays up
+        leftover = teardown(directory)  # whatever happened, nothing stays up
     output = f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
     assert proc.returncode == 0, output
     assert not leftover, "the demo left its sandbox up\n" + output

@@ -3,10 +3,6 @@ group a Helm release of the vendor's APISIX chart, through the real CLI as a use
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,47 +11,22 @@ import pytest
 from upgrade_bot.redis_server import stop_from_pidfile
 from upgrade_bot.sandbox import manage
 
-pytestmark = [pytest.mark.traffic, pytest.mark.timeout(400)]
+from ..test_demo import NEW, OLD, instances
+from ..test_demo import demo_cli as shared_demo_cli
 
-OLD, NEW = "3.8.0", "3.8.1"
+pytestmark = [pytest.mark.traffic, pytest.mark.timeout(400)]
 
 
 def demo_cli(tmp_path: Path, *extra: str) -> dict[str, Any]:
-    directory, report = tmp_path / "demo", tmp_path / "report.json"
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    try:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "upgrade_bot",
-                "demo",
-                "--backend",
-                "kubernetes",
-                "--quiet",
-                "--dir",
-                str(directory),
-                "--report",
-                str(report),
-                *extra,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=360,
-            env=env,
-            cwd=tmp_path,
-        )
-    finally:
-        stop_from_pidfile(directory / manage.REDIS_DIR)  # whatever happened
-    output = f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
-    assert proc.returncode == 0, output
-    data: dict[str, Any] = json.loads(report.read_text())
-    data["stdout"] = proc.stdout
-    return data
-
-
-def instances(report: dict[str, Any]) -> list[dict[str, Any]]:
-    return [i for g in report["groups"] for i in g["instances"]]
+    """The demo on the emulated cluster (no ``sandbox`` daemon to take down: its Redis only)."""
+    return shared_demo_cli(
+        tmp_path,
+        "--backend",
+        "kubernetes",
+        "--quiet",
+        *extra,
+        teardown=lambda directory: stop_from_pidfile(directory / manage.REDIS_DIR) and None,
+    )
 
 
 def test_the_kubernetes_demo_upgrades_each_release_once_without_a_failed_request(

@@ -317,20 +317,7 @@ class ContainerFleet:
         out = []
         for slot in self.slots.values():
             pre_ready = sum(n for s, n in self._pre_ready.values() if s == slot.id)
-            out.append(
-                {
-                    "id": slot.id,
-                    "group": slot.group,
-                    "version": slot.version,
-                    "image": slot.image,
-                    "history": list(slot.history),
-                    "replacements": slot.replacements,
-                    "restorations": slot.restorations,
-                    "served_before_ready": pre_ready,
-                    "instance": slot.current,
-                    "pid": None,
-                }
-            )
+            out.append(slot.truth(pre_ready, None))
         return out
 
 

@@ -99,6 +99,21 @@ class SlotRecord:
     restorations: int = 0
     served_before_ready: int = 0
 
+    def truth(self, served_before_ready: int, pid: int | None) -> dict[str, object]:
+        """The slot as ``sandbox status`` shows it (pre-ready count and pid as observed now)."""
+        return {
+            "id": self.id,
+            "group": self.group,
+            "version": self.version,
+            "image": self.image,
+            "history": list(self.history),
+            "replacements": self.replacements,
+            "restorations": self.restorations,
+            "served_before_ready": served_before_ready,
+            "instance": self.current,
+            "pid": pid,
+        }
+
 
 class Fleet:
     """Gateway processes of every group, and the registry of what they observably run."""
@@ -458,19 +473,10 @@ class Fleet:
             for inst in live:
                 await self._collect_stats(inst)
             out.append(
-                {
-                    "id": slot.id,
-                    "group": slot.group,
-                    "version": slot.version,
-                    "image": slot.image,
-                    "history": list(slot.history),
-                    "replacements": slot.replacements,
-                    "restorations": slot.restorations,
-                    "served_before_ready": slot.served_before_ready
-                    + sum(i.served_before_ready for i in live),
-                    "instance": slot.current,
-                    "pid": self.instances[slot.current].pid if slot.current else None,
-                }
+                slot.truth(
+                    slot.served_before_ready + sum(i.served_before_ready for i in live),
+                    self.instances[slot.current].pid if slot.current else None,
+                )
             )
         return out
 
