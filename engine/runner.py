@@ -313,20 +313,7 @@ class Runner:
             wait = self.poll_interval_s
             if decision.wake_at is not None:
                 wait = max(0.0, min(wait, decision.wake_at - now))
-            await self._nap(wait)
-
-    async def _nap(self, seconds: float) -> None:
-        """The clock's sleep, cut short when the driver is told to stop."""
-        if self.stopping:
-            return
-        nap = asyncio.ensure_future(self.clock.sleep(seconds))
-        stop = asyncio.ensure_future(self._stopping.wait())
-        try:
-            await asyncio.wait({nap, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (nap, stop):
-                task.cancel()
-            await asyncio.gather(nap, stop, return_exceptions=True)
+            await self.clock.sleep(wait)  # at most poll_interval_s: stop is seen soon
 
     async def _perform(self, run: Run, effect: Pending, fence: Fence) -> Outcome | Failure:
         """The effect, unless ``abandon()`` cuts it short (then ``_Abandoned``)."""

@@ -104,7 +104,7 @@ def formatter(fmt: str, redact: Redactor) -> logging.Formatter:
 
 class _JsonLine(JsonFormatter):
     def process_log_record(self, log_data: dict) -> dict:  # type: ignore[override]
-        return {k: v for k, v in log_data.items() if v is not None}
+        return {k: v for k, v in log_data.items() if v is not None and k != "context"}
 
 
 def configure(

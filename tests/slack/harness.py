@@ -8,8 +8,11 @@ ephemeral answers addressed to them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ from ..support import Sandboxes, eventually, fleet_spec, merge, open_sandboxes
 CHANNEL = "C0UPGRADES"
 ALICE, BOB, CAROL = "U0ALICE001", "U0BOB00002", "U0CAROL003"  # bob and carol are on call
 ONCALL = "S0ONCALL01"
+META_GATE = "upgrade_gate"
 
 DEFAULTS: dict[str, Any] = {
     "rollout": {"batch_size": 1, "ready_timeout_s": 30, "baseline_window_s": 1.0, "settle_s": 1.0},
@@ -186,6 +190,61 @@ async def bot_process(
             stub.workspace.signing_secret, f"http://127.0.0.1:{port}/slack/events", stub=stub
         )
         yield port
+
+
+def gate_messages(bot: Harness) -> list[dict[str, Any]]:
+    return [m for m in bot.thread() if (m.get("metadata") or {}).get("event_type") == META_GATE]
+
+
+@contextlib.asynccontextmanager
+async def serve_process(
+    harness: Harness,
+    log: Path,
+    *,
+    identity: str = "e2e-bot",
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """``upgrade-bot serve`` as its own process (a replica), connected over Socket Mode; yields
+    it and the base URL of its health and metrics endpoints; always killed at the end."""
+    stub = harness.stub
+    opened = stub.socket.connections_opened
+    ops_port = free_port()
+    with log.open("ab") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "upgrade_bot",
+            "serve",
+            "--config",
+            str(harness.handle.config_path),
+            *args,
+            env={
+                **os.environ,
+                **bot_env(stub, harness.handle),
+                "UPGRADE_BOT_IDENTITY": identity,
+                "UPGRADE_BOT_OPS_HOST": "127.0.0.1",
+                "UPGRADE_BOT_OPS_PORT": str(ops_port),
+                **(env or {}),
+            },
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        await poll(
+            lambda: (
+                proc.returncode is not None
+                or any(c.seq > opened for c in stub.socket.open_connections)
+            ),
+            f"the bot process {identity} to connect",
+            60,
+        )
+        assert proc.returncode is None, log.read_text()[-3000:]
+        yield proc, f"http://127.0.0.1:{ops_port}"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
 
 
 @contextlib.asynccontextmanager

@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,7 +28,6 @@ from upgrade_bot.engine.config import Config, load_config
 from upgrade_bot.serve import approvers_of, escalation_of
 from upgrade_bot.wiring import engine_for
 
-from ..conftest import free_port
 from .harness import (
     ALICE,
     BOB,
@@ -38,12 +35,13 @@ from .harness import (
     CHANNEL,
     ONCALL,
     Harness,
-    bot_env,
     bot_process,
     buttons,
     completed,
+    gate_messages,
     poll,
     running_bot,
+    serve_process,
     stand_in,
     start_and_acknowledge,
 )
@@ -52,11 +50,6 @@ pytestmark = pytest.mark.traffic
 
 ONCALL_MENTION = f"<!subteam^{ONCALL}>"
 ESCALATION = f"<@{CAROL}>"
-META_GATE = "upgrade_gate"
-
-
-def gate_messages(bot: Harness) -> list[dict[str, Any]]:
-    return [m for m in bot.thread() if (m.get("metadata") or {}).get("event_type") == META_GATE]
 
 
 def texts_with(bot: Harness, words: str) -> list[str]:
@@ -260,40 +253,8 @@ async def test_a_refused_edit_is_retried_and_a_message_refused_for_good_stops_no
 
 @contextlib.asynccontextmanager
 async def bot_subprocess(bot: Harness, log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
-    """``upgrade-bot serve`` as its own process, connected over Socket Mode; always killed."""
-    opened = bot.stub.socket.connections_opened
-    with log.open("ab") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "upgrade_bot",
-            "serve",
-            "--config",
-            str(bot.handle.config_path),
-            env={
-                **os.environ,
-                **bot_env(bot.stub, bot.handle),
-                "UPGRADE_BOT_OPS_HOST": "127.0.0.1",
-                "UPGRADE_BOT_OPS_PORT": str(free_port()),
-            },
-            stdout=out,
-            stderr=out,
-        )
-    try:
-        await poll(
-            lambda: (
-                proc.returncode is not None
-                or any(c.seq > opened for c in bot.stub.socket.open_connections)
-            ),
-            "the bot process to connect",
-            60,
-        )
-        assert proc.returncode is None, log.read_text()[-3000:]
+    async with serve_process(bot, log) as (proc, _):
         yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
 
 
 async def test_a_bot_killed_at_an_open_gate_takes_the_click_after_restart_and_posts_nothing_twice(
