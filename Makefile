@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test check lint lock system-deps clean
+.PHONY: demo test check lint lock image system-deps clean
 
 $(STAMP): requirements.lock pyproject.toml setup.py scripts/install-system-deps.sh
 	sh scripts/install-system-deps.sh
@@ -38,6 +38,11 @@ lint: $(STAMP)
 
 system-deps:
 	sh scripts/install-system-deps.sh
+
+# The container image (Dockerfile) built with podman, its Debian base made with debootstrap;
+# layers are cached under ~/.cache/upgrade-bot/podman (upgrade_bot/image.py).
+image: $(STAMP)
+	$(BIN)/python -m upgrade_bot.image
 
 # Re-pin after changing dependencies in pyproject.toml: requirements.lock is what `make`
 # installs (runtime, sandbox and dev tools); requirements-runtime.lock is what the container

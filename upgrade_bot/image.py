@@ -169,7 +169,8 @@ def base_tarball(
     tarball = folder / base_tarball_name(mirror, day or dt.date.today())
     if tarball.exists():
         return tarball
-    if shutil.which("debootstrap") is None:
+    debootstrap = debootstrap_path()
+    if debootstrap is None:
         raise ImageError("debootstrap is missing (scripts/install-system-deps.sh installs it)")
     if os.geteuid() != 0:
         raise ImageError("debootstrap needs root to make the base image")
@@ -177,7 +178,7 @@ def base_tarball(
     with tempfile.TemporaryDirectory(dir=folder, prefix="rootfs-") as scratch:
         rootfs = Path(scratch) / "rootfs"
         # debootstrap(8): a minimal Debian (apt and its essentials) from the given mirror.
-        run(["debootstrap", "--variant=minbase", SUITE, str(rootfs), mirror], log=log)
+        run([debootstrap, "--variant=minbase", SUITE, str(rootfs), mirror], log=log)
         tidy_rootfs(rootfs, base_apt_sources(sources))
         partial = Path(scratch) / tarball.name
         # Numeric owners: the image's files belong to its own users, not the host's names.
@@ -187,6 +188,14 @@ def base_tarball(
         if old != tarball:
             old.unlink(missing_ok=True)
     return tarball
+
+
+def debootstrap_path() -> str | None:
+    """debootstrap lives in /usr/sbin, which a normal user's PATH lacks."""
+    found = shutil.which("debootstrap")
+    if found is None and Path("/usr/sbin/debootstrap").is_file():
+        found = "/usr/sbin/debootstrap"
+    return found
 
 
 def tidy_rootfs(rootfs: Path, debian_sources: str) -> None:
