@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import os
 import re
@@ -300,12 +301,19 @@ def build_image(
     cache: Path | None = None,
 ) -> Built:
     """Build ``context``'s Dockerfile into the podman storage at ``storage`` (default: the
-    cache's), tagged ``IMAGE:<version>`` and ``tags``."""
+    cache's), tagged ``IMAGE:<version>`` and ``tags``. Builds into one storage take turns (a
+    lock file there): one build's prune must not catch another's layers half-way."""
     missing = podman.missing_tools()
     if missing:
         raise ImageError(f"missing: {' '.join(missing)} (scripts/install-system-deps.sh)")
     storage = storage or (cache or cache_dir()) / "podman"
     storage.mkdir(parents=True, exist_ok=True)
+    with (storage / "build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build(storage, context=context, tags=tags, cache=cache)
+
+
+def _build(storage: Path, *, context: Path, tags: tuple[str, ...], cache: Path | None) -> Built:
     env = podman_environ(storage)
     log = storage / "build.log"
     log.write_text("")
@@ -321,12 +329,13 @@ def build_image(
     base_s = time.monotonic() - started
     common = ["podman", "build", "--format", "docker", "--network=host", "--pull=never"]
     common += ["--build-arg", f"VERSION={version}", "--file", str(context / "Dockerfile")]
+    iidfile = storage / "image.id"
+    iidfile.unlink(missing_ok=True)
     with build_home(storage) as home:
         common += ["--volume", f"{home}:{BUILD_HOME}:ro"]
         started = time.monotonic()
         # The builder stage under a name of its own first, so that its layers outlive the prune.
         run([*common, "--target", "builder", "--tag", BUILDER_TAG, str(context)], env=env, log=log)
-        iidfile = storage / "image.id"
         tagging = [arg for t in (tag, *tags) for arg in ("--tag", t)]
         run([*common, "--iidfile", str(iidfile), *tagging, str(context)], env=env, log=log)
         build_s = time.monotonic() - started

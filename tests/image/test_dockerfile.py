@@ -111,3 +111,31 @@ def test_the_build_context_leaves_out_what_the_image_must_not_see() -> None:
         if line.strip() and not line.startswith("#")
     }
     assert {".git", ".venv", "tests", ".demo", ".env"} <= ignored
+
+
+WITHOUT_SANDBOX_EXTRA = """
+import sys
+sys.modules["kmock"] = None  # importing it fails, as when the sandbox extra is not installed
+from upgrade_bot import cli
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.traffic  # a Python process that loads the whole CLI: ~2 s
+def test_without_the_sandbox_extra_the_kubernetes_demo_says_what_to_install(
+    tmp_path: Path,
+) -> None:
+    """The image leaves kmock out: the CLI (and `serve`) load without it, and the one command
+    that needs it says so in one line."""
+    demo = ["demo", "--backend", "kubernetes", "--dir", str(tmp_path / "demo"), "--quiet"]
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_SANDBOX_EXTRA, *demo],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "pip install 'upgrade-bot[sandbox]'" in done.stderr
+    assert not (tmp_path / "demo").exists()  # nothing started
