@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test check lint lock system-deps clean
+.PHONY: demo test check lint lock image system-deps clean
 
 $(STAMP): requirements.lock pyproject.toml setup.py scripts/install-system-deps.sh
 	sh scripts/install-system-deps.sh
@@ -39,10 +39,19 @@ lint: $(STAMP)
 system-deps:
 	sh scripts/install-system-deps.sh
 
-# Re-pin after changing dependencies in pyproject.toml.
+# The container image (Dockerfile) built with podman, its Debian base made with debootstrap;
+# layers are cached under ~/.cache/upgrade-bot/podman (upgrade_bot/image.py).
+image: $(STAMP)
+	$(BIN)/python -m upgrade_bot.image
+
+# Re-pin after changing dependencies in pyproject.toml: requirements.lock is what `make`
+# installs (runtime, sandbox and dev tools); requirements-runtime.lock is what the container
+# image installs (runtime dependencies only: no test, lint or rehearsal tools), resolved for the
+# image's interpreter (Debian 12's Python 3.11.2, glibc 2.36).
 lock: $(STAMP)
 	$(BIN)/python -m pip install --quiet uv
-	$(BIN)/uv pip compile pyproject.toml --extra dev --python $(BIN)/python -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --extra sandbox --extra dev --python $(BIN)/python -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --python-version 3.11.2 --python-platform x86_64-manylinux_2_36 -o requirements-runtime.lock
 
 clean:
 	rm -rf $(VENV) .demo build *.egg-info

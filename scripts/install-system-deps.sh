@@ -14,6 +14,9 @@ command -v podman >/dev/null 2>&1 || missing="$missing podman"
 command -v runc >/dev/null 2>&1 || missing="$missing runc"
 # catatonit: the init (`init=True`) that forwards SIGQUIT/SIGTERM to the gateway process.
 [ -x /usr/libexec/podman/catatonit ] || command -v catatonit >/dev/null 2>&1 || missing="$missing catatonit"
+# The container image's tests and `make image` make the Debian base image with debootstrap
+# (no image registry is reached); it lives in /usr/sbin, outside a normal user's PATH.
+[ -x /usr/sbin/debootstrap ] || command -v debootstrap >/dev/null 2>&1 || missing="$missing debootstrap"
 
 [ -z "$missing" ] && exit 0
 

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import yaml
@@ -34,11 +34,15 @@ from .engine.metrics_config import PrometheusMetrics
 from .headless import EXIT_COMPLETED, EXIT_FAILED, EXIT_ROLLED_BACK
 from .prometheus_server import PrometheusError, PrometheusServer, TargetSync
 from .sandbox import manage
-from .sandbox.kube.rehearsal import KubeSandboxProcess
 from .sandbox.spec import READINESS_MODES, SandboxSpec, group_names, parse_fault
 from .serve import serving
 from .slackstub import SlackStub, buttons
 from .wiring import engine_for
+
+if TYPE_CHECKING:
+    # Imported where used: the emulated cluster needs the `sandbox` extra (kmock), which
+    # `serve` and the container image do without.
+    from .sandbox.kube.rehearsal import KubeSandboxProcess
 
 REQUESTER = "U0ALICE001"  # alice, in the Slack stand-in's workspace
 APPROVER = "U0BOB00002"  # bob, on call (user group S0ONCALL01)
@@ -324,6 +328,13 @@ async def _rehearse(args: argparse.Namespace, spec: SandboxSpec) -> AsyncIterato
         raise DemoError("--metrics prometheus rehearses the local sandbox only (not --backend)")
     if kubernetes:
         print("kubernetes: an emulated cluster; each group is a Helm release of the APISIX chart")
+        try:
+            from .sandbox.kube.rehearsal import KubeSandboxProcess
+        except ModuleNotFoundError as exc:
+            raise manage.SandboxError(
+                f"--backend kubernetes needs the sandbox extra ({exc.name} is missing): "
+                "pip install 'upgrade-bot[sandbox]'"
+            ) from None
         handle = await asyncio.to_thread(KubeSandboxProcess(directory, spec).up)
     else:
         handle = manage.up(directory, spec)
@@ -366,12 +377,12 @@ async def _rehearse(args: argparse.Namespace, spec: SandboxSpec) -> AsyncIterato
         report["backends"] = backends_said(events)
         report["slack"] = slack_summary(stub)
         report["charts"] = save_charts(stub, handle.dir / "charts")
-        if isinstance(handle, KubeSandboxProcess):
+        if not isinstance(handle, manage.SandboxHandle):
             report["helm_releases"] = await asyncio.to_thread(handle.releases)
         yield Rehearsal(run=run, report=report, sandbox=handle, slack=stub)
     finally:
         metrics.close()
-        if isinstance(handle, KubeSandboxProcess):
+        if not isinstance(handle, manage.SandboxHandle):
             await asyncio.to_thread(handle.down)
         else:
             manage.down(handle.dir)

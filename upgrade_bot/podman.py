@@ -106,14 +106,20 @@ class PodmanService:
             "CONTAINERS_STORAGE_CONF": str(self.dir / "storage.conf"),
         }
 
-    def start(self, timeout_s: float = 60.0) -> str:
-        """Start the service; returns its ``DOCKER_HOST`` URL once it answers ``/_ping``."""
+    def configure(self) -> dict[str, str]:
+        """Write the folder's settings and storage; returns ``environ()``. Enough for the podman
+        CLI (``podman build``/``run`` with that environment) without starting the service."""
         for sub in ("tmp", "run", "graph"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         (self.dir / "containers.conf").write_text(CONTAINERS_CONF.format(tmp=self.dir / "tmp"))
         (self.dir / "storage.conf").write_text(
             STORAGE_CONF.format(run=self.dir / "run", graph=self.dir / "graph")
         )
+        return self.environ()
+
+    def start(self, timeout_s: float = 60.0) -> str:
+        """Start the service; returns its ``DOCKER_HOST`` URL once it answers ``/_ping``."""
+        self.configure()
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
         log = (self.dir / "service.log").open("ab")
