@@ -24,7 +24,7 @@ import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from upgrade_bot.engine import FINAL_KINDS, Engine, EventKind, Run, kind_of
+from upgrade_bot.engine import FINAL_KINDS, Engine, EventKind, Run, kind_of, logctx
 
 from . import charts, render
 from .settings import SlackSettings
@@ -95,6 +95,7 @@ class Notifier:
         approvers_of: Callable[[str], list[str]],
         escalation_of: Callable[[str], str | None] = lambda group: None,
         clock: Callable[[], float] = time.monotonic,
+        observe: Callable[[Run, dict[str, Any]], None] | None = None,
     ) -> None:
         self.engine = engine
         self.client = client
@@ -102,6 +103,8 @@ class Notifier:
         self.approvers_of = approvers_of
         self.escalation_of = escalation_of
         self.clock = clock
+        self.observe = observe
+        """Told of each event once it is delivered (the bot's metrics)."""
         self.threads: dict[str, _Thread] = {}
         self._attaching = asyncio.Lock()
         self.watch: set[str] = set()
@@ -137,7 +140,8 @@ class Notifier:
     async def deliver_all(self) -> None:
         self.watch.update(await self.engine.active())
         for run_id in sorted(self.watch):
-            finished = await self.deliver(run_id)
+            with logctx.bound(run=run_id):
+                finished = await self.deliver(run_id)
             if finished:
                 self.watch.discard(run_id)
 
@@ -178,6 +182,9 @@ class Notifier:
                     )
                     return False
                 log.error("giving up on %s for run %s: %s", event.get("type"), run_id, error)
+            if self.observe is not None:
+                with contextlib.suppress(Exception):  # metrics never stop a delivery
+                    self.observe(run, event)
             await self.engine.feed.advance_cursor(CONSUMER, run_id, event_id)
             self.failures.pop(event_id, None)
         if thread is not None:

@@ -294,10 +294,25 @@ class Engine:
     # --- driving ------------------------------------------------------------------------------
 
     async def drive(
-        self, run_id: str, *, until_human: bool = True, lease_wait_s: float = 0.0
+        self,
+        run_id: str,
+        *,
+        until_human: bool = True,
+        lease_wait_s: float = 0.0,
+        on_acquired: Callable[[str], None] | None = None,
     ) -> DriveResult:
         """Drive a run until it ends or waits for a person (see ``Runner.drive``)."""
-        return await self.runner.drive(run_id, until_human=until_human, lease_wait_s=lease_wait_s)
+        return await self.runner.drive(
+            run_id, until_human=until_human, lease_wait_s=lease_wait_s, on_acquired=on_acquired
+        )
+
+    def stop_driving(self) -> None:
+        """Drivers return at their next step and release their leases (``Runner.stop``)."""
+        self.runner.stop()
+
+    def abandon_effects(self) -> None:
+        """Effects still under way are cancelled, to be redone by the next driver."""
+        self.runner.abandon()
 
     async def resume_all(
         self, *, until_human: bool = True, lease_wait_s: float = 0.0

@@ -4,6 +4,12 @@ IO comes in through ports (the store, the effect performer, the clock), so this 
 free of IO libraries. One driver per run: it holds the run's lease and carries its fencing token
 into every save; a driver that lost the lease (frozen, partitioned) has its writes refused and
 stops. Every boundary calls ``checkpoint(name)``, so tests can crash the driver at any of them.
+
+Stopping (a bot told to exit, SIGTERM): ``stop()`` makes every driver return at its next step
+boundary — never inside a save — and give its lease up, so that another replica carries on at
+once instead of after the lease's TTL. An effect under way is waited for until ``abandon()``;
+then it is cancelled, and the next driver performs it again, as after a crash (the effect was
+saved as pending before it started).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from . import logctx
 from .config import Config
 from .decide import Command, Decision, Event, Failure, Outcome, Tick, decide
 from .errors import (
@@ -65,7 +72,11 @@ class LeaseBusy(EngineError):
 @dataclass
 class DriveResult:
     run: Run
-    reason: str  # finished | waiting | paused | lost
+    reason: str  # finished | waiting | paused | stopped
+
+
+class _Abandoned(Exception):
+    """The effect under way was cancelled because the driver is stopping."""
 
 
 def no_checkpoint(name: str, detail: str) -> None:
@@ -99,6 +110,23 @@ class Runner:
         self.poll_interval_s = poll_interval_s
         self.checkpoint = checkpoint
         self.store_outage_s = store_outage_s
+        self._stopping = asyncio.Event()
+        self._abandon = asyncio.Event()
+
+    # --- stopping -----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Every driver returns ("stopped") at its next step boundary and releases its lease."""
+        self._stopping.set()
+
+    def abandon(self) -> None:
+        """Effects still under way are cancelled (after ``stop``, when the grace runs out)."""
+        self._stopping.set()
+        self._abandon.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
 
     # --- loading and saving -----------------------------------------------------------------
 
@@ -175,13 +203,24 @@ class Runner:
             await self.clock.sleep(min(1.0, self.lease_ttl_s / 4))
 
     async def drive(
-        self, run_id: str, *, until_human: bool = True, lease_wait_s: float = 0.0
+        self,
+        run_id: str,
+        *,
+        until_human: bool = True,
+        lease_wait_s: float = 0.0,
+        on_acquired: Callable[[str], None] | None = None,
     ) -> DriveResult:
-        """Drive ``run_id`` until it ends or (with ``until_human``) waits for a person."""
+        """Drive ``run_id`` until it ends or (with ``until_human``) waits for a person.
+        ``on_acquired`` is called once the lease is held (the bot counts takeovers with it)."""
+        if self.stopping:
+            raise LeaseBusy(f"run {run_id} not taken: this driver is stopping")
         lease = await self.acquire(run_id, wait_s=lease_wait_s)
+        if on_acquired is not None:
+            on_acquired(run_id)
         renewer = asyncio.create_task(self._renew(lease))
         try:
-            return await self._drive(lease, until_human)
+            with logctx.bound(run=run_id):
+                return await self._drive(lease, until_human)
         finally:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -245,6 +284,8 @@ class Runner:
                     raise LeaseLost(f"lost the lease on run {run_id}; another driver ended it")
                 await self._store(lambda: self.store.finish(run_id))
                 return DriveResult(run, "finished")
+            if self.stopping:
+                return DriveResult(run, "stopped")
             now = self.clock.now()
             decision = decide(run, Tick(), now, self.config)
             fence = lease.fence
@@ -260,7 +301,10 @@ class Runner:
                 raise LeaseLost(f"another driver holds run {run_id}") from None
             run = decision.run
             if decision.effects:
-                await self._act(lease, run, decision.effects[0])
+                try:
+                    await self._act(lease, run, decision.effects[0])
+                except _Abandoned:
+                    return DriveResult(run, "stopped")
                 continue
             if run.terminal:
                 return DriveResult(run, "finished")
@@ -269,7 +313,44 @@ class Runner:
             wait = self.poll_interval_s
             if decision.wake_at is not None:
                 wait = max(0.0, min(wait, decision.wake_at - now))
-            await self.clock.sleep(wait)
+            await self._nap(wait)
+
+    async def _nap(self, seconds: float) -> None:
+        """The clock's sleep, cut short when the driver is told to stop."""
+        if self.stopping:
+            return
+        nap = asyncio.ensure_future(self.clock.sleep(seconds))
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({nap, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (nap, stop):
+                task.cancel()
+            await asyncio.gather(nap, stop, return_exceptions=True)
+
+    async def _perform(self, run: Run, effect: Pending, fence: Fence) -> Outcome | Failure:
+        """The effect, unless ``abandon()`` cuts it short (then ``_Abandoned``)."""
+        slots = effect.args.get("slots")
+        with logctx.bound(
+            group=effect.args.get("group"),
+            slot=",".join(slots) if isinstance(slots, list) else None,
+        ):
+            work = asyncio.ensure_future(self.performer.perform(run, effect, fence))
+        abandon = asyncio.ensure_future(self._abandon.wait())
+        try:
+            await asyncio.wait({work, abandon}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            abandon.cancel()
+            if not work.done():
+                work.cancel()
+            await asyncio.gather(work, abandon, return_exceptions=True)
+        if work.cancelled():
+            if self._abandon.is_set():
+                log.warning("run %s: %s abandoned on stop; the next driver redoes it", run.id,
+                            effect.key)
+                raise _Abandoned(effect.key)
+            raise asyncio.CancelledError
+        return work.result()
 
     async def _act(self, lease: _Lease, run: Run, effect: Pending) -> None:
         run_id = lease.run_id
@@ -281,7 +362,7 @@ class Runner:
             raise LeaseLost(f"another driver holds run {run_id}; not acting")
         detail = f"{effect.key}#{effect.attempt}"
         self.checkpoint("before_act", detail)
-        result = await self.performer.perform(run, effect, lease.fence)
+        result = await self._perform(run, effect, lease.fence)
         self.checkpoint("after_act", detail)
         while True:
             fence = lease.fence

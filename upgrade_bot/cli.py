@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from . import headless
 from .engine import EngineError, LeaseBusy, Refused, Unresumable, Version, is_version, normalize
 from .engine.config import load_config
 from .engine.errors import ConfigError, GroupBusy
+from .logs import FORMATS
 from .sandbox import manage
 from .sandbox.spec import READINESS_MODES, SandboxSpec, group_names, parse_fault
 
@@ -43,6 +45,26 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"'{text}' must be at least 1")
+    return value
+
+
+def _port(text: str | int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port number (1-65535)")
+    return value
+
+
+def _seconds(text: str | float) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' must be more than 0 seconds")
     return value
 
 
@@ -97,10 +119,47 @@ def build_parser() -> argparse.ArgumentParser:
     HEADLESS.update(headless.add_commands(sub, _version))
 
     serve = sub.add_parser("serve", help="run the Slack bot (Socket Mode, or --http)")
-    serve.add_argument("--config", required=True, type=Path)
+    env = os.environ.get
+    serve.add_argument(
+        "--config",
+        type=Path,
+        default=env("UPGRADE_BOT_CONFIG") or None,
+        help="the configuration file (default: $UPGRADE_BOT_CONFIG)",
+    )
     serve.add_argument("--http", action="store_true", help="serve /slack/events over HTTP")
     serve.add_argument("--host", default="0.0.0.0", help="HTTP mode: address to listen on")
-    serve.add_argument("--port", type=int, default=3000)
+    serve.add_argument("--port", type=_port, default=3000)
+    serve.add_argument(
+        "--ops-host",
+        default=env("UPGRADE_BOT_OPS_HOST") or "0.0.0.0",
+        help="address of /healthz, /readyz and /metrics (default: $UPGRADE_BOT_OPS_HOST or "
+        "0.0.0.0)",
+    )
+    serve.add_argument(
+        "--ops-port",
+        type=_port,
+        default=env("UPGRADE_BOT_OPS_PORT") or 8080,
+        help="port of /healthz, /readyz and /metrics (default: $UPGRADE_BOT_OPS_PORT or 8080)",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default=env("UPGRADE_BOT_LOG_FORMAT") or "text",
+        help="text, or one JSON object per line (default: $UPGRADE_BOT_LOG_FORMAT or text)",
+    )
+    serve.add_argument(
+        "--log-level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        default=(env("UPGRADE_BOT_LOG_LEVEL") or "INFO").upper(),
+    )
+    serve.add_argument(
+        "--shutdown-grace",
+        type=_seconds,
+        default=env("UPGRADE_BOT_SHUTDOWN_GRACE_S") or 25.0,
+        metavar="SECONDS",
+        help="on SIGTERM, exit within this long (default: $UPGRADE_BOT_SHUTDOWN_GRACE_S or 25)",
+    )
 
     demo = sub.add_parser("demo", help="a full rehearsal on the sandbox")
     from .demo import add_arguments
@@ -186,15 +245,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import logging
     import signal
 
+    from .logs import configure
     from .serve import StartupError, serve
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line a second otherwise
+    if args.config is None:
+        raise CliError(
+            "serve needs a configuration file: --config FILE, or UPGRADE_BOT_CONFIG", EXIT_USAGE
+        )
+    configure(args.log_format, args.log_level)
 
     async def until_signalled() -> None:
         """SIGTERM (a pod stopping) or SIGINT end the bot gracefully; runs stay in Redis and
@@ -203,7 +263,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await serve(args.config, http=args.http, host=args.host, port=args.port, stop=stop)
+        await serve(
+            args.config,
+            http=args.http,
+            host=args.host,
+            port=args.port,
+            stop=stop,
+            ops_host=args.ops_host,
+            ops_port=args.ops_port,
+            shutdown_grace_s=args.shutdown_grace,
+        )
         print("upgrade-bot: stopped; unfinished runs resume when a bot starts again", flush=True)
 
     try:

@@ -30,8 +30,10 @@ from .bot.usergroups import UserGroups
 from .engine import Engine, LeaseBusy, LeaseLost
 from .engine.adapters.controlplane import host_port
 from .engine.config import Config, load_config
-from .engine.errors import ConfigError
+from .engine.errors import ConfigError, StoreUnavailable
 from .engine.runner import Clock
+from .ops import DEFAULT_PORT, BotMetrics, OpsServer
+from .redis_server import free_port
 from .wiring import engine_for, redis_url_for
 
 log = logging.getLogger(__name__)
@@ -93,32 +95,75 @@ def escalation_of(config: Config) -> Callable[[str], str | None]:
 
 
 class DriverSupervisor:
-    """Keeps one driver task per unfinished run; the scheduler only wakes it (state is in Redis)."""
+    """Keeps one driver task per unfinished run; the scheduler only wakes it (state is in Redis).
 
-    def __init__(self, engine: Engine) -> None:
+    With several replicas every one tries each run, and the run's lease lets exactly one drive
+    it; when that one dies, its lease lapses after ``store.lease_ttl_s`` and the next try of
+    another replica takes the run over (counted in ``upgrade_bot_lease_takeovers_total``)."""
+
+    def __init__(self, engine: Engine, metrics: BotMetrics | None = None) -> None:
         self.engine = engine
+        self.metrics = metrics or BotMetrics()
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.held_elsewhere: dict[str, str] = {}
+        self.driving: set[str] = set()
+        self.stopping = False
 
     async def supervise(self) -> None:
-        for run_id in await self.engine.active():
+        if self.stopping:
+            return
+        active = await self.engine.active()
+        for run_id in active:
             task = self.tasks.get(run_id)
             if task is None or task.done():
                 self.tasks[run_id] = asyncio.create_task(self._drive(run_id), name=run_id)
+        runs = []
+        for run_id in active:
+            with contextlib.suppress(Exception):  # a run that just ended, an old schema
+                runs.append(await self.engine.status(run_id))
+        self.metrics.set_runs(runs)
+
+    def _acquired(self, run_id: str) -> None:
+        self.driving.add(run_id)
+        self.metrics.runs_driven.set(len(self.driving))
+        previous = self.held_elsewhere.pop(run_id, None)
+        if previous is not None:
+            self.metrics.lease_takeovers.inc()
+            log.warning("run %s: taken over from %s, whose lease lapsed", run_id, previous)
 
     async def _drive(self, run_id: str) -> None:
         try:
-            await self.engine.drive(run_id, until_human=False)
-        except LeaseBusy:
-            log.debug("run %s is driven elsewhere", run_id)
+            result = await self.engine.drive(run_id, until_human=False, on_acquired=self._acquired)
+            if result.reason == "stopped":
+                log.info("run %s: stopped driving it (lease released)", run_id)
+        except LeaseBusy as exc:
+            self.held_elsewhere[run_id] = str(exc).rsplit(" by ", 1)[-1]
+            log.debug("%s", exc)
         except LeaseLost as exc:
             log.warning("%s", exc)
         except Exception:
             log.exception("driver of run %s stopped", run_id)
+        finally:
+            self.driving.discard(run_id)
+            self.metrics.runs_driven.set(len(self.driving))
 
-    async def stop(self) -> None:
-        for task in self.tasks.values():
+    async def stop(self, grace_s: float = 20.0) -> None:
+        """Take no new run; let each driver finish its step (a save is never cut) and give its
+        lease up; after ``grace_s`` an effect still under way is abandoned (the next driver
+        redoes it), and a driver still not done after that is cancelled."""
+        self.stopping = True
+        self.engine.stop_driving()
+        tasks = [t for t in self.tasks.values() if not t.done()]
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=max(0.0, grace_s - 2.0))
+        if pending:
+            log.warning("%d driver(s) mid-effect at the grace's end: abandoning", len(pending))
+            self.engine.abandon_effects()
+            _, pending = await asyncio.wait(pending, timeout=2.0)
+        for task in pending:
             task.cancel()
-        for task in self.tasks.values():
+        for task in pending:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
@@ -187,6 +232,10 @@ async def check_slack(
     return f"@{auth.get('user')} in {auth.get('team')}"
 
 
+DEFAULT_GRACE_S = 25.0
+"""SIGTERM to exit: the chart's terminationGracePeriodSeconds (30) less a margin."""
+
+
 async def serve(
     config_path: Path,
     *,
@@ -197,98 +246,176 @@ async def serve(
     on_ready: Callable[[dict[str, object]], Awaitable[None]] | None = None,
     environ: dict[str, str] | None = None,
     clock: Clock | None = None,
+    ops_host: str = "0.0.0.0",
+    ops_port: int = DEFAULT_PORT,
+    shutdown_grace_s: float = DEFAULT_GRACE_S,
 ) -> None:
-    """Serve until ``stop`` is set. ``clock`` (tests) injects the engine's time."""
+    """Serve until ``stop`` is set, then stop within ``shutdown_grace_s``: take no new command
+    or run, let each driver finish its step and release its lease, deliver what is left, exit.
+    ``clock`` (tests) injects the engine's time."""
     config = load_config(config_path)
     settings: SlackSettings = slack_settings(config.slack, str(config_path))
     secrets = SlackSecrets.from_env(http=http, environ=environ)
     env = dict(os.environ if environ is None else environ)
     redis_url = env.get("REDIS_URL") or redis_url_for(config, require_env=True)
     stop = stop or asyncio.Event()
-    async with engine_for(
-        config,
-        config_dir=config_path.resolve().parent,
-        redis_url=redis_url,
-        identity=env.get("UPGRADE_BOT_IDENTITY") or None,
-        clock=clock,
-    ) as engine:
-        client = web_client(secrets.bot_token, secrets.api_url)
-        app_client = AsyncWebClient(base_url=secrets.base_url)  # app-level token calls
-        identity = await check_slack(
-            client,
-            app_client,
-            secrets,
-            http=http,
-            channel=settings.channel,
-            config_path=str(config_path),
-        )
-        principals = [
-            p
-            for g in config.groups
-            for field in ("start", "approve", "pause", "resume", "abort", "rollback", "override")
-            for p in getattr(config.policy_for(g.name), field)
-        ]
-        usergroups = UserGroups(client, principals, ttl_s=settings.usergroup_cache_s)
-        notifier = Notifier(
-            engine,
-            client,
-            settings,
-            approvers_of=approvers_of(config),
-            escalation_of=escalation_of(config),
-        )
-        ctx = BotContext(engine=engine, settings=settings, usergroups=usergroups, notifier=notifier)
-        app = build_app(ctx, client=client, signing_secret=secrets.signing_secret if http else None)
-        supervisor = DriverSupervisor(engine)
-        scheduler = AsyncIOScheduler()
-        scheduler.add_job(
-            supervisor.supervise,
-            "interval",
-            seconds=1.0,
-            max_instances=1,
-            coalesce=True,
-            id="supervise",
-        )
-        await supervisor.supervise()  # resume unfinished runs at once
-        scheduler.start()
-        notifier_task = asyncio.create_task(notifier.run_forever(stop))
-        runner: web.AppRunner | None = None
-        socket: SocketModeClient | None = None
-        info: dict[str, object] = {"mode": "http" if http else "socket"}
-        try:
-            if http:
-                runner = web.AppRunner(app.web_app(path="/slack/events"), access_log=None)
-                await runner.setup()
-                site = web.TCPSite(runner, host, port)
-                await site.start()
-                info["url"] = f"http://{host}:{port}/slack/events"
-            else:
-                from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
-
-                handler = AsyncSocketModeHandler(
-                    app,
-                    secrets.app_token,
-                    web_client=app_client,
-                )
-                await handler.connect_async()
-                socket = handler.client  # type: ignore[assignment]
-            log.info(
-                "upgrade-bot serving (%s) as %s; Slack: %s; channel %s",
-                info["mode"],
-                engine.identity,
-                identity,
-                settings.channel,
+    metrics = BotMetrics()
+    ops = OpsServer(metrics, host=ops_host, port=ops_port)
+    try:
+        await ops.start()  # /healthz answers while the bot connects
+    except OSError as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        async with engine_for(
+            config,
+            config_dir=config_path.resolve().parent,
+            redis_url=redis_url,
+            identity=env.get("UPGRADE_BOT_IDENTITY") or None,
+            clock=clock,
+        ) as engine:
+            await _serve(
+                engine,
+                config,
+                config_path,
+                settings,
+                secrets,
+                metrics,
+                ops,
+                http=http,
+                host=host,
+                port=port,
+                stop=stop,
+                on_ready=on_ready,
+                shutdown_grace_s=shutdown_grace_s,
             )
-            if on_ready is not None:
-                await on_ready(info)
-            await stop.wait()
-        finally:
-            scheduler.shutdown(wait=False)
-            await supervisor.stop()
-            await notifier_task
-            if socket is not None:
-                await socket.close()
-            if runner is not None:
-                await runner.cleanup()
+    finally:
+        await ops.stop()
+
+
+async def _serve(
+    engine: Engine,
+    config: Config,
+    config_path: Path,
+    settings: SlackSettings,
+    secrets: SlackSecrets,
+    metrics: BotMetrics,
+    ops: OpsServer,
+    *,
+    http: bool,
+    host: str,
+    port: int,
+    stop: asyncio.Event,
+    on_ready: Callable[[dict[str, object]], Awaitable[None]] | None,
+    shutdown_grace_s: float,
+) -> None:
+    client = web_client(secrets.bot_token, secrets.api_url, observer=metrics)
+    app_client = AsyncWebClient(base_url=secrets.base_url)  # app-level token calls
+    identity = await check_slack(
+        client,
+        app_client,
+        secrets,
+        http=http,
+        channel=settings.channel,
+        config_path=str(config_path),
+    )
+    principals = [
+        p
+        for g in config.groups
+        for field in ("start", "approve", "pause", "resume", "abort", "rollback", "override")
+        for p in getattr(config.policy_for(g.name), field)
+    ]
+    usergroups = UserGroups(client, principals, ttl_s=settings.usergroup_cache_s)
+    notifier = Notifier(
+        engine,
+        client,
+        settings,
+        approvers_of=approvers_of(config),
+        escalation_of=escalation_of(config),
+        observe=metrics.observe,
+    )
+    ctx = BotContext(engine=engine, settings=settings, usergroups=usergroups, notifier=notifier)
+    app = build_app(ctx, client=client, signing_secret=secrets.signing_secret if http else None)
+    supervisor = DriverSupervisor(engine, metrics)
+    scheduler = AsyncIOScheduler()
+    scheduler.add_job(
+        supervisor.supervise,
+        "interval",
+        seconds=1.0,
+        max_instances=1,
+        coalesce=True,
+        id="supervise",
+    )
+    await supervisor.supervise()  # resume unfinished runs at once
+    scheduler.start()
+    notifier_stop = asyncio.Event()
+    notifier_task = asyncio.create_task(notifier.run_forever(notifier_stop))
+    runner: web.AppRunner | None = None
+    socket: SocketModeClient | None = None
+    info: dict[str, object] = {"mode": "http" if http else "socket", "ops": ops.url}
+
+    async def redis_ready() -> str | None:
+        try:
+            await engine.store.ping()
+        except StoreUnavailable as exc:
+            return str(exc)
+        return None
+
+    async def slack_ready() -> str | None:
+        if http:
+            return None if runner is not None else "/slack/events is not listening"
+        if socket is None or not await socket.is_connected():
+            return "the Socket Mode connection to Slack is not open"
+        return None
+
+    try:
+        if http:
+            web_runner = web.AppRunner(app.web_app(path="/slack/events"), access_log=None)
+            await web_runner.setup()
+            site = web.TCPSite(web_runner, host, port)
+            await site.start()
+            runner = web_runner
+            info["url"] = f"http://{host}:{port}/slack/events"
+        else:
+            from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+            handler = AsyncSocketModeHandler(
+                app,
+                secrets.app_token,
+                web_client=app_client,
+            )
+            await handler.connect_async()
+            socket = handler.client  # type: ignore[assignment]
+        ops.checks = {"redis": redis_ready, "slack": slack_ready}
+        log.info(
+            "upgrade-bot serving (%s) as %s; Slack: %s; channel %s; health and metrics on %s",
+            info["mode"],
+            engine.identity,
+            identity,
+            settings.channel,
+            ops.url,
+        )
+        if on_ready is not None:
+            await on_ready(info)
+        await stop.wait()
+        log.info("stopping: no new commands or runs; drivers finish their step")
+    finally:
+        deadline = asyncio.get_running_loop().time() + shutdown_grace_s
+        ops.stopping = True  # /readyz: 503 from now on
+        # 1. No new work: commands go to the other replicas, no driver starts here.
+        scheduler.shutdown(wait=False)
+        if socket is not None:
+            await socket.close()
+        if runner is not None:
+            await runner.cleanup()
+        # 2. Drivers return at their next step boundary and release their leases.
+        await supervisor.stop(grace_s=max(1.0, deadline - asyncio.get_running_loop().time() - 2))
+        # 3. What they recorded is delivered, then the notifier lets another replica deliver.
+        notifier_stop.set()
+        left = max(0.5, deadline - asyncio.get_running_loop().time())
+        try:
+            await asyncio.wait_for(notifier_task, left)
+        except TimeoutError:
+            log.warning("the notifier did not finish within the grace; the next bot delivers")
 
 
 @contextlib.asynccontextmanager
@@ -305,6 +432,8 @@ async def serving(
         info.update(reported)
         ready.set()
 
+    if "ops_port" not in options:  # several bots in one process (tests): a port each
+        options.update(ops_host="127.0.0.1", ops_port=free_port())
     task = asyncio.create_task(serve(config_path, stop=stop, on_ready=on_ready, **options))
     waiter = asyncio.create_task(ready.wait())
     try:

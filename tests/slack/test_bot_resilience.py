@@ -30,6 +30,7 @@ from upgrade_bot.engine.config import Config, load_config
 from upgrade_bot.serve import approvers_of, escalation_of
 from upgrade_bot.wiring import engine_for
 
+from ..conftest import free_port
 from .harness import (
     ALICE,
     BOB,
@@ -269,7 +270,12 @@ async def bot_subprocess(bot: Harness, log: Path) -> AsyncIterator[asyncio.subpr
             "serve",
             "--config",
             str(bot.handle.config_path),
-            env={**os.environ, **bot_env(bot.stub, bot.handle)},
+            env={
+                **os.environ,
+                **bot_env(bot.stub, bot.handle),
+                "UPGRADE_BOT_OPS_HOST": "127.0.0.1",
+                "UPGRADE_BOT_OPS_PORT": str(free_port()),
+            },
             stdout=out,
             stderr=out,
         )

@@ -59,6 +59,8 @@ def env_for(stub: SlackStub | None, redis_url: str | None, **changes: str | None
         env.update(stub.environ())
     if redis_url is not None:
         env["REDIS_URL"] = redis_url
+    env["UPGRADE_BOT_OPS_HOST"] = "127.0.0.1"
+    env["UPGRADE_BOT_OPS_PORT"] = str(free_port())  # several bots at once: a port each
     for key, value in changes.items():
         if value is None:
             env.pop(key, None)
