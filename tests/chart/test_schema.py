@@ -76,6 +76,10 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
         "/terminationGracePeriodSeconds",
     ),
     "an unknown log format": ({"logFormat": "yaml"}, "/logFormat"),
+    "the namespace's default ServiceAccount": (
+        {"serviceAccount": {"create": False}},
+        "/serviceAccount/name",
+    ),
     "a misspelt key": ({"replicas": 3}, "replicas"),
     "a privileged ops port": ({"ops": {"port": 80}}, "/ops/port"),
 }
