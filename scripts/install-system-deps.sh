@@ -5,6 +5,8 @@ set -eu
 
 missing=""
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+# The chart's tests run its in-chart Redis readiness probe, which is redis-cli.
+command -v redis-cli >/dev/null 2>&1 || missing="$missing redis-tools"
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || missing="$missing python3-venv"
 # The metrics tests and `demo --metrics prometheus` run a real Prometheus server.
 command -v prometheus >/dev/null 2>&1 || missing="$missing prometheus"
