@@ -116,7 +116,8 @@ def parse_settings(url: str, environ: Mapping[str, str] | None = None) -> RedisS
     except ValueError as exc:
         raise ConfigError(SOURCE, [f"REDIS_URL is not a URL ({exc})"]) from None
     if scheme not in SCHEMES:
-        shown = f"'{scheme}://'" if scheme else "no scheme"
+        # never the URL itself: it may hold a password
+        shown = f"'{scheme}://'" if "://" in url else "no scheme"
         raise ConfigError(
             SOURCE,
             [
@@ -229,7 +230,7 @@ def _hosts(text: str, default_port: int, problems: list[str]) -> tuple[tuple[str
                 continue
             port = int(port_text)
         hosts.append((host, port))
-    if not hosts and not any(p.startswith("REDIS_URL: no host") for p in problems):
+    if not text.strip():
         problems.append("REDIS_URL names no host (redis://HOST:PORT/DB)")
     return tuple(hosts)
 

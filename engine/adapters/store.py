@@ -340,6 +340,8 @@ def _check_stream_id(event_id: str) -> str:
     return event_id
 
 
+# NOPERM as redis-py words it, inside a transaction, and from a script (Redis 7).
+_FORBIDDEN = re.compile(r"NOPERM|no permissions to|can't run this command")
 # WRONGPASS/NOAUTH from the server, or a sentinel's refusal inside MasterNotFoundError.
 _AUTH_FAILED = re.compile(r"WRONGPASS|NOAUTH|AuthenticationError|invalid (username-)?password")
 
@@ -522,16 +524,18 @@ class RedisStore:
             yield
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise StoreUnavailable(self._unavailable(exc)) from exc
-        except NoPermissionError as exc:
-            raise StoreForbidden(
-                f"Redis at {self.location} refused a command to the bot's user "
-                f"({self._scrub(str(exc))}); grant it: ACL SETUSER <user> {acl_rules(self.prefix)}"
-            ) from exc
         except ResponseError as exc:
             # A replica after failover, or a server that cannot persist (MISCONF): both pass.
             if isinstance(exc, ReadOnlyError) or str(exc).startswith("MISCONF"):
                 raise StoreUnavailable(
                     f"Redis at {self.location} does not accept writes: {self._scrub(str(exc))}"
+                ) from exc
+            # The ACL user lacks a command or key; from a script, Redis says so in other words.
+            if isinstance(exc, NoPermissionError) or _FORBIDDEN.search(str(exc)):
+                raise StoreForbidden(
+                    f"Redis at {self.location} refused a command to the bot's user "
+                    f"({self._scrub(str(exc))}); grant it: "
+                    f"ACL SETUSER <user> {acl_rules(self.prefix)}"
                 ) from exc
             raise
 
