@@ -525,8 +525,9 @@ class RedisStore:
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise StoreUnavailable(self._unavailable(exc)) from exc
         except ResponseError as exc:
-            # A replica after failover, or a server that cannot persist (MISCONF): both pass.
-            if isinstance(exc, ReadOnlyError) or str(exc).startswith("MISCONF"):
+            # A replica after failover, a server that cannot persist (MISCONF), a primary short
+            # of replicas (``min-replicas-to-write``: NOREPLICAS): all pass.
+            if isinstance(exc, ReadOnlyError) or str(exc).startswith(("MISCONF", "NOREPLICAS")):
                 raise StoreUnavailable(
                     f"Redis at {self.location} does not accept writes: {self._scrub(str(exc))}"
                 ) from exc

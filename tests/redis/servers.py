@@ -258,6 +258,9 @@ class SentinelCluster:
             )
 
     def stop(self) -> None:
+        if self.replica is not None and self.replica.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.resume_replica()  # a stopped process would sit out SIGTERM
         for server in [*self.sentinels, self.replica, self.primary]:
             if server is not None:
                 server.stop()
@@ -329,9 +332,15 @@ class SentinelCluster:
         return port
 
     def pause_replica(self) -> None:
-        """SIGSTOP the replica: the primary keeps acknowledging writes it never receives."""
+        """SIGSTOP the replica and cut its link (``CLIENT KILL TYPE replica`` on the primary):
+        the primary goes on acknowledging writes the replica never gets. (A stopped replica
+        alone would still get them: the kernel buffers what the primary sends.)"""
         assert self.replica is not None and self.replica.pid is not None
         os.kill(self.replica.pid, signal.SIGSTOP)
+        with redis.Redis(
+            host=HOST, port=self.primary.port, password=self.password, socket_timeout=2
+        ) as client:
+            assert client.client_kill_filter(_type="replica") == 1
 
     def resume_replica(self) -> None:
         assert self.replica is not None and self.replica.pid is not None

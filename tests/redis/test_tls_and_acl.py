@@ -290,6 +290,25 @@ def test_the_grant_names_the_prefix_and_no_dangerous_command() -> None:
     assert not granted & {"flushall", "flushdb", "keys", "config", "eval", "script", "@all"}
 
 
+async def test_a_primary_short_of_replicas_is_waited_out_not_fatal(
+    tmp_path: Path, servers: list[RedisServer]
+) -> None:
+    """``min-replicas-to-write 1`` (the README's advice) with the replica gone: writes are
+    refused with NOREPLICAS, which the engine must treat as an outage, as it does READONLY."""
+    args = ["--min-replicas-to-write", "1", "--min-replicas-max-lag", "10"]
+    server = start(servers, RedisServer(tmp_path / "redis", extra_args=args))
+    store = RedisStore.from_url(server.url)
+    try:
+        await store.ping()
+        with pytest.raises(StoreUnavailable) as caught:
+            await store.create_run("r1", {}, [], ["g"], 1.0)
+        assert f"Redis at {HOST}:{server.port} does not accept writes: NOREPLICAS" in str(
+            caught.value
+        )
+    finally:
+        await store.close()
+
+
 async def test_a_missing_tls_file_stops_the_store_before_any_connection(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         RedisStore.from_url("rediss://redis:6379/0", environ={"REDIS_TLS_CA_FILE": "/no/ca.pem"})
