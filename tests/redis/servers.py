@@ -144,9 +144,12 @@ class SentinelServer(RedisServer):
     """``redis-server sentinel.conf --sentinel``: the configuration file must come first, and
     be writable (Sentinel rewrites it with what it learns)."""
 
-    def __init__(self, data_dir: Path, conf: str, **kwargs: Any) -> None:
+    def __init__(
+        self, data_dir: Path, conf: str, *, tls: TlsFiles | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(data_dir, **kwargs)
         self.conf = conf
+        self.tls = tls
 
     def args(self) -> list[str]:
         conf = self.data_dir / "sentinel.conf"
@@ -157,6 +160,17 @@ class SentinelServer(RedisServer):
             self.binary, str(conf), "--sentinel",
             "--port", str(self.port), "--bind", HOST, "--dir", str(self.data_dir),
             "--daemonize", "no", "--logfile", str(self.log_path), *self.extra_args,
+            *(self._tls_args() if self.tls else []),
+        ]  # fmt: skip
+
+    def _tls_args(self) -> list[str]:
+        """TLS only, and TLS to the data nodes and the other sentinels (``tls-replication``)."""
+        assert self.tls is not None
+        return [
+            "--port", "0", "--tls-port", str(self.port),
+            "--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key),
+            "--tls-ca-cert-file", str(self.tls.ca), "--tls-auth-clients", "no",
+            "--tls-replication", "yes",
         ]  # fmt: skip
 
 
@@ -182,6 +196,8 @@ class SentinelCluster:
     through ``sentinel auth-pass``); ``sentinel_password`` protects the sentinels themselves
     (``requirepass`` in sentinel.conf, which they also use with each other). ``url`` is the
     REDIS_URL a bot would be given; passwords go in REDIS_PASSWORD / REDIS_SENTINEL_PASSWORD.
+    With ``tls``, every node and sentinel speaks TLS only (``rediss+sentinel://``; replication
+    and the sentinels' links over TLS too: ``tls-replication yes``).
     """
 
     def __init__(
@@ -192,18 +208,31 @@ class SentinelCluster:
         sentinel_password: str | None = None,
         down_after_ms: int = 1000,
         failover_timeout_ms: int = 5000,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.root = Path(root)
+        self.tls = tls
+        self._client_tls: dict[str, Any] = (
+            {"ssl": True, "ssl_ca_certs": str(tls.ca)} if tls is not None else {}
+        )
         self.password = password
         self.sentinel_password = sentinel_password
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
-        auth = ["--requirepass", password, "--masterauth", password] if password else []
-        self._data_probe = {"password": password} if password else {}
-        self.primary = RedisServer(self.root / "primary", extra_args=auth, probe=self._data_probe)
+        self._auth = ["--requirepass", password, "--masterauth", password] if password else []
+        self.primary = self._data_node("primary")
         self.replica: RedisServer | None = None
         self.sentinels: list[SentinelServer] = []
-        self._auth = auth
+
+    def _data_node(self, name: str, *extra: str) -> RedisServer:
+        # A replica's first sync starts at once, not after the default 5 s wait for others
+        # (redis.conf: repl-diskless-sync-delay).
+        args = [*self._auth, "--repl-diskless-sync-delay", "0", *extra]
+        probe = {"password": self.password}
+        if self.tls is None:
+            return RedisServer(self.root / name, extra_args=args, probe=probe)
+        args += ["--tls-replication", "yes"]  # the replica's link to the primary: TLS too
+        return TlsRedisServer(self.root / name, self.tls, extra_args=args, probe=probe)
 
     # --- start and stop
 
@@ -217,11 +246,8 @@ class SentinelCluster:
 
     def _start(self) -> None:
         self.primary.start()
-        self.replica = RedisServer(
-            self.root / "replica",
-            extra_args=[*self._auth, "--replicaof", HOST, str(self.primary.port)],
-            probe=self._data_probe,
-        ).start()
+        self.replica = self._data_node("replica", "--replicaof", HOST, str(self.primary.port))
+        self.replica.start()
         _wait(
             lambda: self._info(self.replica)["master_link_status"] == "up",
             "the replica to sync with the primary",
@@ -237,12 +263,23 @@ class SentinelCluster:
             conf.append(f"sentinel auth-pass {MASTER} {self.password}")
         if self.sentinel_password:
             conf.append(f"requirepass {self.sentinel_password}")
-        probe = {"password": self.sentinel_password} if self.sentinel_password else {}
-        for i in range(3):
-            sentinel = SentinelServer(
-                self.root / f"sentinel-{i}", "\n".join(conf) + "\n", probe=probe
-            )
-            self.sentinels.append(sentinel)
+        probe = {"password": self.sentinel_password, **self._client_tls}
+        dirs = [self.root / f"sentinel-{i}" for i in range(3)]
+        self.sentinels = [SentinelServer(d, "", tls=self.tls, probe=probe) for d in dirs]
+        # What the sentinels would otherwise learn from each other over the primary's hello
+        # channel (every 2 s): their ids, their peers, the replica. Sentinel keeps this state in
+        # its configuration file (``sentinel myid``, ``known-sentinel``, ``known-replica``).
+        ids = [f"{i + 1:040x}" for i in range(3)]
+        known_replica = f"sentinel known-replica {MASTER} {HOST} {self.replica.port}"
+        for i, sentinel in enumerate(self.sentinels):
+            peers = [
+                f"sentinel known-sentinel {MASTER} {HOST} {other.port} {ids[j]}"
+                for j, other in enumerate(self.sentinels)
+                if j != i
+            ]
+            lines = [*conf, f"sentinel myid {ids[i]}", known_replica, *peers]
+            sentinel.conf = "\n".join(lines) + "\n"
+        for sentinel in self.sentinels:
             sentinel.start()
         # Failover needs each sentinel to know the replica and its two peers (they find each
         # other through the primary's hello channel, every 2 s).
@@ -276,13 +313,16 @@ class SentinelCluster:
     @property
     def url(self) -> str:
         hosts = ",".join(f"{HOST}:{s.port}" for s in self.sentinels)
-        return f"redis+sentinel://{hosts}/{MASTER}/0"
+        scheme = "rediss+sentinel" if self.tls else "redis+sentinel"
+        return f"{scheme}://{hosts}/{MASTER}/0"
 
     @property
     def environ(self) -> dict[str, str]:
         env = {"REDIS_PASSWORD": self.password or "", "REDIS_SENTINEL_PASSWORD": ""}
         if self.sentinel_password:
             env["REDIS_SENTINEL_PASSWORD"] = self.sentinel_password
+        if self.tls:
+            env["REDIS_TLS_CA_FILE"] = str(self.tls.ca)
         return {k: v for k, v in env.items() if v}
 
     # --- looking and acting
@@ -291,14 +331,14 @@ class SentinelCluster:
         assert server is not None
         with redis.Redis(
             host=HOST, port=server.port, password=self.password, socket_timeout=2,
-            decode_responses=True,
+            decode_responses=True, **self._client_tls,
         ) as client:  # fmt: skip
             return dict(client.info("replication"))
 
     def _sentinel(self, sentinel: SentinelServer) -> redis.Redis:
         return redis.Redis(
             host=HOST, port=sentinel.port, password=self.sentinel_password, socket_timeout=2,
-            decode_responses=True,
+            decode_responses=True, **self._client_tls,
         )  # fmt: skip
 
     def _master_state(self, sentinel: SentinelServer) -> dict[str, Any]:
@@ -338,8 +378,9 @@ class SentinelCluster:
         assert self.replica is not None and self.replica.pid is not None
         os.kill(self.replica.pid, signal.SIGSTOP)
         with redis.Redis(
-            host=HOST, port=self.primary.port, password=self.password, socket_timeout=2
-        ) as client:
+            host=HOST, port=self.primary.port, password=self.password, socket_timeout=2,
+            **self._client_tls,
+        ) as client:  # fmt: skip
             assert client.client_kill_filter(_type="replica") == 1
 
     def resume_replica(self) -> None:

@@ -22,19 +22,22 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from upgrade_bot.engine import COMPLETED
+from upgrade_bot.engine.adapters.store import RedisStore, StoreUnavailable
 from upgrade_bot.engine.config import load_config
 from upgrade_bot.sandbox import manage
 from upgrade_bot.sandbox.spec import SandboxSpec, group_names
 from upgrade_bot.wiring import engine_for
 
 from ..support import Sandboxes, eventually
-from .servers import SentinelCluster
+from .servers import SentinelCluster, make_tls_files
+from .test_tls_and_acl import exercise
 
 pytestmark = [pytest.mark.traffic, pytest.mark.timeout(300)]
 
@@ -213,3 +216,38 @@ class Killer:
                 self.cluster.resume_replica()
             self.killed = True
             self.acknowledged_rev = int(detail.removeprefix("rev"))
+
+
+async def test_tls_throughout_with_rediss_sentinel(tmp_path: Path) -> None:
+    """``rediss+sentinel://``: sentinels and data nodes on TLS only, passwords on both; every
+    store operation works, and again on the promoted replica after the primary is killed."""
+    tls = await asyncio.to_thread(make_tls_files, tmp_path / "tls")
+    cluster = SentinelCluster(
+        tmp_path / "redis", password=DATA_PASSWORD, sentinel_password=SENTINEL_PASSWORD, tls=tls
+    )
+    await asyncio.to_thread(cluster.start)
+    try:
+        assert cluster.url.startswith("rediss+sentinel://")
+        store = RedisStore.from_url(cluster.url, environ=cluster.environ)
+        try:
+            await exercise(store, "before-failover")
+            await asyncio.to_thread(cluster.kill_primary)
+            promoted = await asyncio.to_thread(cluster.wait_failover, 90)
+            await eventually(ping_ok(store), "the store on the promoted replica", within=60)
+            await exercise(store, "after-failover")
+            assert cluster.primary_ports() == {promoted}
+        finally:
+            await store.close()
+    finally:
+        await asyncio.to_thread(cluster.stop)
+
+
+def ping_ok(store: RedisStore) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        try:
+            await store.ping()
+        except StoreUnavailable:
+            return False
+        return True
+
+    return check

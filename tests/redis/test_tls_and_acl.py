@@ -53,10 +53,9 @@ def start(servers: list[RedisServer], server: RedisServer) -> RedisServer:
     return server.start()
 
 
-async def exercise(store: RedisStore) -> None:
-    """Every operation the engine uses, once, with its expected answer."""
+async def exercise(store: RedisStore, run: str = "up-prod-eu-1") -> None:
+    """Every operation the engine uses, once, with its expected answer (on a fresh ``run``)."""
     await store.ping()
-    run = "up-prod-eu-1"
     rev = await store.create_run(run, {"n": 0}, [{"type": "created"}], ["prod-eu"], 1000.0)
     fence = await store.acquire_lease(run, "bot-a", 30)
     assert fence is not None and fence.token == 1
@@ -72,15 +71,15 @@ async def exercise(store: RedisStore) -> None:
     assert await store.set_cursor("slack", run, extra) == extra
     assert await store.get_cursor("slack", run) == extra
     global_id = await store.audit_global({"type": "config_reloaded"})
-    assert [i for i, _ in await store.events(GLOBAL)] == [global_id]
-    assert await store.first_time("delivery-1") and not await store.first_time("delivery-1")
+    assert [i for i, _ in await store.events(GLOBAL)][-1] == global_id
+    assert await store.first_time(run) and not await store.first_time(run)
     assert await store.lock_holder("prod-eu") == run
     assert await store.active_runs() == [run]
     assert await store.break_lock("prod-eu", user="U1", reason="test", now=1001.0) == run
     await store.release_lease(fence)
     await store.finish(run)
     assert await store.active_runs() == []
-    assert await store.history(now=1002.0) == [run]
+    assert run in await store.history(now=1002.0)
 
 
 async def refusal(store: RedisStore, kind: type[Exception] = StoreUnavailable) -> str:
