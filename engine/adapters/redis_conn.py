@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,7 +38,10 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from upgrade_bot.engine.errors import ConfigError
 
@@ -330,12 +334,12 @@ def client(settings: RedisSettings, **client_kw: Any) -> aioredis.Redis:
         return aioredis.Redis(host=host, port=port, ssl=settings.tls, **kwargs, **tls)
     # The sentinels' own connections: their password, the same TLS settings and timeouts
     # (redis/asyncio/sentinel.py: ``sentinel_kwargs`` are used for the sentinel clients only).
-    sentinel_kwargs = {
-        k: v
-        for k, v in client_kw.items()
-        if k.startswith("socket_") or k in ("retry", "retry_on_timeout")
-    }
-    sentinel_kwargs.update(password=settings.sentinel_password, ssl=settings.tls, **tls)
+    # No retries of their own: discovery already asks each sentinel in turn, and every
+    # connection attempt to the primary (retried by ``retry``) runs discovery again.
+    sentinel_kwargs = {k: v for k, v in client_kw.items() if k.startswith("socket_")}
+    sentinel_kwargs.update(
+        password=settings.sentinel_password, ssl=settings.tls, retry=Retry(NoBackoff(), 0), **tls
+    )
     sentinel = Sentinel(list(settings.hosts), sentinel_kwargs=sentinel_kwargs)
     assert settings.master is not None
     return sentinel.master_for(settings.master, ssl=settings.tls, **kwargs, **tls)
@@ -356,4 +360,43 @@ async def close(redis_client: aioredis.Redis) -> None:
                 await pool.sentinel_manager.aclose()
 
 
-__all__ = ["RedisSettings", "client", "close", "parse_settings"]
+# --- why a connection failed ------------------------------------------------------------------
+
+# WRONGPASS/NOAUTH from a server, or a sentinel's refusal inside MasterNotFoundError.
+_AUTH_FAILED = re.compile(r"WRONGPASS|NOAUTH|AuthenticationError|invalid (username-)?password")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from (redis-py keeps the OSError there)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain and len(chain) < 10:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def failure(exc: Exception, *, tls: bool | None) -> str:
+    """What a redis-py connection or timeout error means, for a person ("refused the
+    credentials", "presented a TLS certificate this client does not trust (…)", …), with a hint
+    when the scheme looks wrong for the port (``tls``: whether TLS was used, None if unknown)."""
+    chain = _chain(exc)
+    if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain):
+        return (
+            "presented a TLS certificate this client does not trust (REDIS_TLS_CA_FILE must "
+            "name the CA that signed it, and the certificate the host connected to)"
+        )
+    if any(isinstance(e, ssl.SSLError) for e in chain):
+        return "failed the TLS handshake"
+    text = " ".join(str(e) for e in chain)
+    if "auth" in type(exc).__name__.lower() or _AUTH_FAILED.search(text):
+        return "refused the credentials"
+    if isinstance(exc, RedisTimeoutError):
+        hint = " (if that port does not speak TLS, use redis:// instead of rediss://)"
+        return "did not answer in time" + (hint if tls else "")
+    if tls is False and any(isinstance(e, ConnectionResetError) for e in chain):
+        return "is unreachable (it closed the connection: if it expects TLS, use rediss://)"
+    return "is unreachable"
+
+
+__all__ = ["RedisSettings", "client", "close", "failure", "parse_settings"]

@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import ssl
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -342,18 +341,6 @@ def _check_stream_id(event_id: str) -> str:
 
 # NOPERM as redis-py words it, inside a transaction, and from a script (Redis 7).
 _FORBIDDEN = re.compile(r"NOPERM|no permissions to|can't run this command")
-# WRONGPASS/NOAUTH from the server, or a sentinel's refusal inside MasterNotFoundError.
-_AUTH_FAILED = re.compile(r"WRONGPASS|NOAUTH|AuthenticationError|invalid (username-)?password")
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """``exc`` and the exceptions it was raised from (redis-py keeps the OSError there)."""
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in chain and len(chain) < 10:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    return chain
 
 
 def _check_run_id(run_id: str) -> str:
@@ -494,27 +481,8 @@ class RedisStore:
         return text
 
     def _unavailable(self, exc: Exception) -> str:
-        """Why Redis cannot be used, for a person: the cause first, then redis-py's words."""
         tls = self._settings.tls if self._settings is not None else None
-        chain = _chain(exc)
-        text = " ".join(str(e) for e in chain)
-        if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain):
-            what = (
-                "presented a TLS certificate this client does not trust (REDIS_TLS_CA_FILE must "
-                "name the CA that signed it, and the certificate the host connected to)"
-            )
-        elif any(isinstance(e, ssl.SSLError) for e in chain):
-            what = "failed the TLS handshake"
-        elif "auth" in type(exc).__name__.lower() or _AUTH_FAILED.search(text):
-            what = "refused the credentials"
-        elif isinstance(exc, RedisTimeoutError):
-            what = "did not answer in time"
-            if tls:
-                what += " (if that port does not speak TLS, use redis:// instead of rediss://)"
-        else:
-            what = "is unreachable"
-            if tls is False and any(isinstance(e, ConnectionResetError) for e in chain):
-                what += " (it closed the connection: if it expects TLS, use rediss://)"
+        what = redis_conn.failure(exc, tls=tls)
         return f"Redis at {self.location} {what} ({type(exc).__name__}: {self._scrub(str(exc))})"
 
     @contextlib.contextmanager

@@ -228,6 +228,19 @@ async def test_tls_throughout_with_rediss_sentinel(tmp_path: Path) -> None:
     await asyncio.to_thread(cluster.start)
     try:
         assert cluster.url.startswith("rediss+sentinel://")
+        for wrong in ("REDIS_PASSWORD", "REDIS_SENTINEL_PASSWORD"):
+            env = {**cluster.environ, wrong: "wr0ng-Pa55"}
+            refused = RedisStore.from_url(cluster.url, environ=env, socket_timeout=5.0)
+            try:
+                with pytest.raises(StoreUnavailable) as caught:
+                    await asyncio.wait_for(refused.ping(), 30)
+            finally:
+                await refused.close()
+            message = str(caught.value)
+            assert "via sentinels" in message and "refused the credentials" in message, message
+            assert "wr0ng-Pa55" not in message and DATA_PASSWORD not in message
+            assert SENTINEL_PASSWORD not in message
+
         store = RedisStore.from_url(cluster.url, environ=cluster.environ)
         try:
             await exercise(store, "before-failover")
