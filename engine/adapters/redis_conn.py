@@ -328,6 +328,7 @@ def client(settings: RedisSettings, **client_kw: Any) -> aioredis.Redis:
     kwargs.update(db=settings.db, username=settings.username, password=settings.password)
     tls = _tls_kwargs(settings)
     if settings.path is not None:
+        # redis/asyncio/client.py ``Redis.__init__``: ``unix_socket_path`` (what parse_url sets)
         return aioredis.Redis(unix_socket_path=settings.path, **kwargs)
     if not settings.sentinel:
         host, port = settings.hosts[0]

@@ -5,12 +5,15 @@ PING, logs on failure, stop/kill), only adding the options each set-up needs:
 
 * ``make_tls_files``: a CA and a server certificate for 127.0.0.1/localhost (``openssl`` CLI),
   plus a second CA that signed nothing (the "wrong CA");
-* ``TlsRedisServer``: TLS only (``--port 0 --tls-port P``), as redis.io's TLS page shows;
-* ``acl_file``: users for ``--aclfile`` (redis.io "ACL": ``user <name> on >password <rules>``);
+* ``TlsRedisServer``: TLS only (``--port 0 --tls-port P``), as redis.io's TLS page shows
+  (https://redis.io/docs/latest/operate/oss_and_stack/management/security/encryption/);
+* ``acl_file``: users for ``--aclfile`` (https://redis.io/docs/latest/operate/oss_and_stack/
+  management/security/acl/: ``user <name> on >password <rules>``);
 * ``SentinelCluster``: one primary, one replica (``--replicaof``) and three sentinels
   (``redis-server sentinel.conf --sentinel``, which is what Debian's ``redis-sentinel`` runs),
   configured as redis.io's Sentinel page documents (``sentinel monitor``,
-  ``down-after-milliseconds``, ``failover-timeout``, ``auth-pass``, ``requirepass``).
+  ``down-after-milliseconds``, ``failover-timeout``, ``auth-pass``, ``requirepass``:
+  https://redis.io/docs/latest/operate/oss_and_stack/management/sentinel/).
 
 All helpers block; async tests call them through ``asyncio.to_thread``.
 """
@@ -372,7 +375,8 @@ class SentinelCluster:
         return port
 
     def pause_replica(self) -> None:
-        """SIGSTOP the replica and cut its link (``CLIENT KILL TYPE replica`` on the primary):
+        """SIGSTOP the replica and cut its link (``CLIENT KILL TYPE replica`` on the primary,
+        https://redis.io/docs/latest/commands/client-kill/):
         the primary goes on acknowledging writes the replica never gets. (A stopped replica
         alone would still get them: the kernel buffers what the primary sends.)"""
         assert self.replica is not None and self.replica.pid is not None
