@@ -7,6 +7,9 @@ missing=""
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 # The chart's tests run its in-chart Redis readiness probe, which is redis-cli.
 command -v redis-cli >/dev/null 2>&1 || missing="$missing redis-tools"
+# The Redis TLS tests make their CA and certificates with the openssl CLI; Sentinel runs as
+# `redis-server --sentinel` (the same binary Debian's redis-sentinel package starts).
+command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || missing="$missing python3-venv"
 # The metrics tests and `demo --metrics prometheus` run a real Prometheus server.
 command -v prometheus >/dev/null 2>&1 || missing="$missing prometheus"

@@ -27,9 +27,11 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -118,14 +120,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _server_pid(port: int, timeout: float = 1.0) -> int | None:
-    """The pid of the server answering on ``port`` once it serves (PONG), else None."""
+def _server_pid(port: int, timeout: float = 1.0, **client_kw: Any) -> int | None:
+    """The pid of the server answering on ``port`` once it serves (PONG), else None.
+
+    ``client_kw`` are redis-py options the server needs (TLS, a user and password).
+    """
     client = redis.Redis(
         host=HOST,
         port=port,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),  # one look: the callers poll
+        **client_kw,
     )
     try:
         client.ping()  # raises BusyLoadingError (-LOADING) while the AOF is replayed
@@ -184,9 +190,16 @@ class RedisServer:
         binary: str | None = None,
         *,
         start_timeout_s: float = 20.0,
+        extra_args: Sequence[str] = (),
+        probe: Mapping[str, Any] | None = None,
     ) -> None:
+        """``extra_args`` follow the usual ones on the command line (a later option wins, e.g.
+        ``--port 0 --tls-port P`` for a TLS-only server on ``port``); ``probe`` are the redis-py
+        options the readiness PING needs then (TLS files, a user and password)."""
         self.data_dir = Path(data_dir).absolute()
         self.binary = find_redis_binary(binary)
+        self.extra_args = list(extra_args)
+        self.probe = dict(probe or {})
         self._fixed_port = port is not None
         self.port = port if port is not None else free_port()
         self.start_timeout_s = start_timeout_s
@@ -203,6 +216,8 @@ class RedisServer:
         server._fixed_port = True
         server.port = info.port
         server.start_timeout_s = 20.0
+        server.extra_args = []
+        server.probe = {}
         server._proc = None
         server._pid = info.pid
         server.detached = True
@@ -246,6 +261,7 @@ class RedisServer:
             "no",
             "--logfile",
             str(self.log_path),
+            *self.extra_args,
         ]
 
     # --- start
@@ -332,7 +348,7 @@ class RedisServer:
             alive = self._proc.poll() is None if self._proc is not None else _pid_alive(self._pid)
             if not alive:
                 self._raise_died(out_path, log_offset)
-            served_by = _server_pid(self.port)
+            served_by = _server_pid(self.port, **self.probe)
             if served_by == self._pid:
                 return
             if time.monotonic() > deadline:

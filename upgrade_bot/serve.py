@@ -272,6 +272,7 @@ async def serve(
             redis_url=redis_url,
             identity=env.get("UPGRADE_BOT_IDENTITY") or None,
             clock=clock,
+            environ=env,
         ) as engine:
             await _serve(
                 engine,

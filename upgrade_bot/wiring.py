@@ -6,7 +6,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -59,9 +59,13 @@ async def engine_for(
     checkpoint: Callable[[str, str], None] = no_checkpoint,
     poll_interval_s: float = 0.2,
     identity: str | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Engine]:
+    """The engine on ``redis_url`` (any REDIS_URL form) with the ``REDIS_*`` options of
+    ``environ`` (default: this process's environment); raises ConfigError on bad settings."""
     store = RedisStore.from_url(
         redis_url,
+        environ=os.environ if environ is None else environ,
         prefix=config.store.key_prefix,
         retention_s=config.store.audit_retention_days * 86400,
     )

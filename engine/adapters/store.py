@@ -35,18 +35,21 @@ import contextlib
 import json
 import re
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, ResponseError
+from redis.exceptions import NoPermissionError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from upgrade_bot.engine import errors
 from upgrade_bot.engine.store import Fence
+
+from . import redis_conn
+from .redis_conn import RedisSettings
 
 GLOBAL = "global"
 DEFAULT_PREFIX = "upgrade-bot"
@@ -54,6 +57,24 @@ DEFAULT_RETENTION_S = 90 * 86400
 # A retried write (same op id) finds its first result for this long; retries take seconds.
 OP_TTL_MS = 600_000
 _STREAM_ID = re.compile(r"^\d+-\d+$")
+
+
+# Every command the store sends, itself or from its Lua scripts (Redis checks the commands a
+# script calls against the caller's ACL too), so the least grant an ACL user needs. redis-py's
+# Script sends EVALSHA, and SCRIPT LOAD when the server lacks the script (redis/commands/core.py
+# AsyncScript.__call__); SELECT only for a db other than 0. Rule syntax: redis.io ACL docs.
+ACL_COMMANDS = (
+    "ping", "select", "evalsha", "script|load", "multi", "exec", "time",
+    "get", "set", "del", "exists", "incr", "pttl", "pexpire",
+    "hget", "hset", "sadd", "srem", "smembers",
+    "zadd", "zmscore", "zrevrange", "zremrangebyscore",
+    "xadd", "xrange", "xtrim",
+)  # fmt: skip
+
+
+def acl_rules(prefix: str = DEFAULT_PREFIX) -> str:
+    """The ACL rules (after ``ACL SETUSER <user> on >password``) the store needs, no more."""
+    return f"resetkeys ~{prefix}:* resetchannels -@all " + " ".join(f"+{c}" for c in ACL_COMMANDS)
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -101,6 +122,10 @@ class Fenced(errors.Fenced):
         super().__init__(
             f"run {fence.run_id}: lease token {fence.token} of {fence.holder} is stale; {now}"
         )
+
+
+class StoreForbidden(errors.PermanentError):
+    """Redis refused a command to the bot's ACL user (NOPERM): its grant is too narrow."""
 
 
 class RunExists(errors.RunExists):
@@ -314,6 +339,10 @@ def _check_stream_id(event_id: str) -> str:
     return event_id
 
 
+# NOPERM as redis-py words it, inside a transaction, and from a script (Redis 7).
+_FORBIDDEN = re.compile(r"NOPERM|no permissions to|can't run this command")
+
+
 def _check_run_id(run_id: str) -> str:
     if not run_id:
         raise ValueError("run id must not be empty")
@@ -333,6 +362,8 @@ class RedisStore:
         client: aioredis.Redis,
         prefix: str = DEFAULT_PREFIX,
         retention_s: float = DEFAULT_RETENTION_S,
+        *,
+        settings: RedisSettings | None = None,
     ) -> None:
         kwargs = client.connection_pool.connection_kwargs
         if not kwargs.get("decode_responses"):
@@ -341,6 +372,7 @@ class RedisStore:
             raise ValueError("retention_s must be positive")
         self._client = client
         self._owns_client = False
+        self._settings = settings  # for messages: where the data is, and what to scrub
         self.prefix = prefix
         self.retention_s = retention_s
         self._create = client.register_script(_CREATE)
@@ -360,29 +392,52 @@ class RedisStore:
         cls,
         url: str,
         *,
+        environ: Mapping[str, str] | None = None,
         prefix: str = DEFAULT_PREFIX,
         retention_s: float = DEFAULT_RETENTION_S,
         **client_kw: Any,
     ) -> RedisStore:
-        """A store on its own client for ``url``; ``client_kw`` go to ``Redis.from_url``.
+        """A store on its own client for ``url`` and the ``REDIS_*`` options of ``environ``.
+
+        Every form of REDIS_URL (TLS, Unix socket, Sentinel) is read by
+        :func:`redis_conn.parse_settings`; bad settings raise ConfigError. ``client_kw`` are
+        redis-py connection options. Without ``environ``, no ``REDIS_*`` variable is read.
+        """
+        return cls.from_settings(
+            redis_conn.parse_settings(url, environ),
+            prefix=prefix,
+            retention_s=retention_s,
+            **client_kw,
+        )
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: RedisSettings,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        retention_s: float = DEFAULT_RETENTION_S,
+        **client_kw: Any,
+    ) -> RedisStore:
+        """A store on its own client for ``settings``.
 
         The client retries a few times on connection errors (a restarted Redis drops pooled
-        connections) but gives up within seconds, so that callers see StoreUnavailable and
-        apply their own back-off instead of hanging.
+        connections, a failover moves the primary) but gives up within seconds, so that
+        callers see StoreUnavailable and apply their own back-off instead of hanging.
         """
         client_kw["decode_responses"] = True
         client_kw.setdefault("socket_connect_timeout", 5.0)
         client_kw.setdefault("socket_timeout", 10.0)
         client_kw.setdefault("retry", Retry(ExponentialBackoff(cap=0.5, base=0.05), 3))
-        client = aioredis.Redis.from_url(url, **client_kw)
-        store = cls(client, prefix=prefix, retention_s=retention_s)
+        client = redis_conn.client(settings, **client_kw)
+        store = cls(client, prefix=prefix, retention_s=retention_s, settings=settings)
         store._owns_client = True
         return store
 
     async def close(self) -> None:
         """Close the client if this store created it (``from_url``); a given client is kept."""
         if self._owns_client:
-            await self._client.aclose()
+            await redis_conn.close(self._client)
 
     # --- keys
 
@@ -409,15 +464,26 @@ class RedisStore:
 
     @property
     def location(self) -> str:
-        """``host:port`` (or the socket path) of the server; never any credential."""
+        """``host:port``, the socket path or the Sentinel service; never any credential."""
+        if self._settings is not None:
+            return self._settings.describe()
         kwargs = self._client.connection_pool.connection_kwargs
         if kwargs.get("path"):
             return f"unix:{kwargs['path']}"
         return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
 
     def _scrub(self, text: str) -> str:
-        password = self._client.connection_pool.connection_kwargs.get("password")
-        return text.replace(password, "***") if password else text
+        secrets = {self._client.connection_pool.connection_kwargs.get("password")}
+        if self._settings is not None:
+            secrets.update(self._settings.secrets)
+        for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text
+
+    def _unavailable(self, exc: Exception) -> str:
+        tls = self._settings.tls if self._settings is not None else None
+        what = redis_conn.failure(exc, tls=tls)
+        return f"Redis at {self.location} {what} ({type(exc).__name__}: {self._scrub(str(exc))})"
 
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:
@@ -425,19 +491,20 @@ class RedisStore:
         try:
             yield
         except (RedisConnectionError, RedisTimeoutError) as exc:
-            what = "is unreachable"
-            if "auth" in type(exc).__name__.lower():
-                what = "refused the credentials"
-            elif isinstance(exc, RedisTimeoutError):
-                what = "did not answer in time"
-            raise StoreUnavailable(
-                f"Redis at {self.location} {what} ({type(exc).__name__}: {self._scrub(str(exc))})"
-            ) from exc
+            raise StoreUnavailable(self._unavailable(exc)) from exc
         except ResponseError as exc:
-            # A replica after failover, or a server that cannot persist (MISCONF): both pass.
-            if isinstance(exc, ReadOnlyError) or str(exc).startswith("MISCONF"):
+            # A replica after failover, a server that cannot persist (MISCONF), a primary short
+            # of replicas (``min-replicas-to-write``: NOREPLICAS): all pass.
+            if isinstance(exc, ReadOnlyError) or str(exc).startswith(("MISCONF", "NOREPLICAS")):
                 raise StoreUnavailable(
                     f"Redis at {self.location} does not accept writes: {self._scrub(str(exc))}"
+                ) from exc
+            # The ACL user lacks a command or key; from a script, Redis says so in other words.
+            if isinstance(exc, NoPermissionError) or _FORBIDDEN.search(str(exc)):
+                raise StoreForbidden(
+                    f"Redis at {self.location} refused a command to the bot's user "
+                    f"({self._scrub(str(exc))}); grant it: "
+                    f"ACL SETUSER <user> {acl_rules(self.prefix)}"
                 ) from exc
             raise
 
