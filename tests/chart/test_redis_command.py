@@ -90,6 +90,8 @@ def test_the_rendered_redis_is_append_only_and_asks_for_the_password(running) ->
         client(port).set("k", "v")
     r = client(port, PASSWORD)
     assert r.config_get("appendonly") == {"appendonly": "yes"}
+    # an evicted run record would be a lost run
+    assert r.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
     assert r.config_get("dir") == {"dir": str(data)}
     r.set("run:1", "saved")
     # the sh wrapper exec'd into redis-server: signals reach it, and the password is on no

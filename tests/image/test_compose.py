@@ -86,6 +86,7 @@ def test_redis_keeps_its_data_append_only_on_a_named_volume(compose: dict[str, A
     command = command.split() if isinstance(command, str) else command
     assert command[0] == "redis-server"
     assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
     volume, _, target = redis["volumes"][0].partition(":")
     assert target == "/data" and volume in compose["volumes"]  # a named volume, not a bind
     assert "ping" in redis["healthcheck"]["test"]

@@ -12,6 +12,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -159,11 +160,13 @@ async def test_serve_names_an_unreachable_backend_or_a_refused_token(
 
 
 @pytest.mark.parametrize("mode", ["socket", "http"])
-async def test_serve_stops_gracefully_on_sigterm_and_prints_no_secret(
+async def test_serve_answers_health_and_metrics_then_stops_gracefully_on_sigterm(
     tmp_path: Path, stub: SlackStub, redis_url: str, mode: str
 ) -> None:
     config = write_config(tmp_path)
     args = ["--http", "--host", "127.0.0.1", "--port", str(free_port())] if mode == "http" else []
+    ops_port = free_port()
+    args += ["--ops-host", "127.0.0.1", "--ops-port", str(ops_port)]
     connections = len(stub.socket.open_connections)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -187,6 +190,16 @@ async def test_serve_stops_gracefully_on_sigterm_and_prints_no_secret(
                 seen += line
         if mode == "socket":
             assert len(stub.socket.open_connections) > connections
+        # The ops port answers in both modes, apart from Slack's (HTTP mode's /slack/events).
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ops_port}") as ops:
+            assert (await ops.get("/healthz")).json() == {"status": "alive"}
+            ready = await ops.get("/readyz")
+            assert ready.status_code == 200, ready.text
+            assert ready.json()["checks"] == ["redis", "slack"]
+            metrics = (await ops.get("/metrics")).text
+            assert 'upgrade_bot_slack_api_calls_total{method="auth.test",outcome="ok"} 1.0' in (
+                metrics
+            )
         proc.send_signal(signal.SIGTERM)
         rest, _ = await asyncio.wait_for(proc.communicate(), 30)
     finally:
