@@ -333,8 +333,9 @@ class Runner:
             await asyncio.gather(work, abandon, return_exceptions=True)
         if work.cancelled():
             if self._abandon.is_set():
-                log.warning("run %s: %s abandoned on stop; the next driver redoes it", run.id,
-                            effect.key)
+                log.warning(
+                    "run %s: %s abandoned on stop; the next driver redoes it", run.id, effect.key
+                )
                 raise _Abandoned(effect.key)
             raise asyncio.CancelledError
         return work.result()

@@ -134,6 +134,24 @@ class KubeCalls:
         )
         return dict(secret.data or {})
 
+    async def update_secret(
+        self, ns: str, name: str, data: dict[str, str], labels: dict[str, str]
+    ) -> None:
+        """Replace some ``data`` keys and ``labels`` of a Secret, refused if it changed since
+        it was read (its resourceVersion rides along)."""
+        # GET then PUT /api/v1/namespaces/{namespace}/secrets/{name} (secret-v1, "read" and
+        # "replace"; the resourceVersion makes the replace conditional).
+        secret = await self._call(
+            "get", f"secrets {ns}/{name}", lambda: self.core.read_namespaced_secret(name, ns)
+        )
+        secret.data = {**(secret.data or {}), **data}
+        secret.metadata.labels = {**(secret.metadata.labels or {}), **labels}
+        await self._call(
+            "update",
+            f"secrets {ns}/{name}",
+            lambda: self.core.replace_namespaced_secret(name, ns, secret),
+        )
+
     async def list_pdbs(self, ns: str) -> list[Any]:
         # GET /apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets
         # (pod-disruption-budget-v1, "list")

@@ -26,6 +26,7 @@ import base64
 import copy
 import gzip
 import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ import helm_python as helm
 import yaml
 
 from ..errors import PermanentError, TemporaryError
+
+log = logging.getLogger(__name__)
 
 VALUES_KEYS = {
     # chart name -> the values key of the gateway image's tag
@@ -146,6 +149,20 @@ def decode_release(secret_data: dict[str, str]) -> dict[str, Any]:
     return dict(json.loads(raw))
 
 
+def encode_release(release: dict[str, Any]) -> str:
+    """The inverse of ``decode_release``: Helm stores a release as base64(gzip(JSON)) in the
+    Secret's ``release`` key (helm/helm pkg/storage/driver/util.go ``encodeRelease``), and the
+    API carries Secret data base64-encoded once more."""
+    stored = base64.b64encode(gzip.compress(json.dumps(release).encode()))
+    return base64.b64encode(stored).decode()
+
+
+PENDING = ("pending-install", "pending-upgrade", "pending-rollback")
+"""Helm statuses of an operation under way; Helm refuses any other operation on the release
+while its newest revision has one ("another operation (install/upgrade/rollback) is in
+progress", helm/helm pkg/action/upgrade.go)."""
+
+
 class HelmRelease:
     """One release, driven through Helm's engine (blocking calls run in a worker thread)."""
 
@@ -161,6 +178,7 @@ class HelmRelease:
         extra_values: dict[str, Any] | None = None,
         values_key: str | None = None,
         read_secret: Any = None,
+        update_secret: Any = None,
     ) -> None:
         self.name = name
         self.namespace = namespace
@@ -169,6 +187,7 @@ class HelmRelease:
         self.extra_values = extra_values or {}
         self._values_key = values_key
         self._read_secret = read_secret
+        self._update_secret = update_secret
         # helm_python.Config: kubeconfig + context; with neither, KUBECONFIG, ~/.kube/config,
         # then the pod's ServiceAccount (its docstring).
         self.cfg = helm.Config(
@@ -237,6 +256,8 @@ class HelmRelease:
         returns (revision before, revision after)."""
         async with self._lock:
             latest = await self.latest()
+            if latest["status"] in PENDING:
+                latest = await self._unlock_own(latest, image, fence)
             key = self.values_key(latest["chart_name"])
             if (
                 get_path(latest["computed"], key) == tag_of(image)
@@ -264,6 +285,51 @@ class HelmRelease:
                     ),
                 )
             return int(latest["revision"]), int(result["revision"])
+
+    async def _unlock_own(
+        self, latest: dict[str, Any], image: str, fence: str | None
+    ) -> dict[str, Any]:
+        """The newest revision is still pending: an operation under way, or one whose process
+        died before Helm recorded its end (Helm stores the new revision as pending-upgrade,
+        applies the manifests, then records it deployed: helm/helm pkg/action/upgrade.go).
+        Our own upgrade to ``image`` for this run, left pending, is marked failed — what Helm
+        itself does to an upgrade it sees interrupted (helm/helm#9180), and what Flux does to a
+        release left pending (fluxcd/helm-controller internal/reconcile/unlock.go) — so that
+        it can be upgraded again. Anyone else's pending operation is left alone."""
+        run = fence.rpartition(":")[0] if fence else None
+        ours = (
+            latest["status"] == "pending-upgrade"
+            and run is not None
+            and latest["description"].startswith(DESCRIPTION.split("{", 1)[0])
+            and latest["description"].endswith(f"(run {run})")
+            and f": {image} from revision" in latest["description"]
+        )
+        if not ours or self._read_secret is None or self._update_secret is None:
+            raise TemporaryError(
+                f"Helm release {self.name}: revision {latest['revision']} is "
+                f"{latest['status']} ({latest['description'] or 'no description'}), another "
+                "operation is in progress; wait for it, or resolve it (helm rollback)"
+            )
+        secret = f"sh.helm.release.v1.{self.name}.v{latest['revision']}"
+        release = decode_release(await self._read_secret(secret))
+        info = release.setdefault("info", {})
+        info["status"] = "failed"
+        info["description"] = (
+            f"{latest['description']}; interrupted before Helm recorded its end: marked failed "
+            "by upgrade-bot to upgrade again"
+        )
+        # The storage driver's Secret: the encoded release and a status label Helm filters by
+        # (helm/helm pkg/storage/driver/secrets.go).
+        await self._update_secret(
+            secret, {"release": encode_release(release)}, {"status": "failed"}
+        )
+        log.warning(
+            "Helm release %s: revision %s was left pending-upgrade by an interrupted upgrade of "
+            "this run; marked failed, upgrading again",
+            self.name,
+            latest["revision"],
+        )
+        return await self.latest()
 
     async def _stored_chart(self, revision: int, directory: Path) -> Path:
         if self._read_secret is None:

@@ -233,6 +233,9 @@ class KubernetesBackend:
                 extra_values=extra,
                 values_key=self.settings.helm.values_key,
                 read_secret=lambda secret: self.calls.read_secret_data(self.ns, secret),
+                update_secret=lambda secret, data, labels: self.calls.update_secret(
+                    self.ns, secret, data, labels
+                ),
             )
         return self._release
 

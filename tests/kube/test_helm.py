@@ -5,6 +5,9 @@ with the deployed values and only the tag changed, roll back to the recorded rev
 from __future__ import annotations
 
 import asyncio
+import base64
+import gzip
+import json
 import os
 import signal
 import subprocess
@@ -14,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import helm_python as helm
+import kubernetes
 import pytest
 import yaml
 
 from upgrade_bot.engine.backends.kubernetes import KubernetesBackend, build
 from upgrade_bot.engine.config import KubernetesBackend as Settings
-from upgrade_bot.engine.errors import PermanentError
+from upgrade_bot.engine.errors import PermanentError, TemporaryError
 from upgrade_bot.sandbox.kube.cluster import EmulatedCluster
 from upgrade_bot.sandbox.kube.controller import is_ready
 from upgrade_bot.sandbox.traffic import TrafficGenerator
@@ -201,7 +205,12 @@ async def test_a_bot_killed_mid_upgrade_resumes_without_a_second_helm_upgrade(
                 for p in cluster.pods(namespace, SELECTOR)
             )
 
-        await eventually(started, "the upgrade's first new pod", within=30)
+        def recorded() -> bool:
+            return started() and helm_cfg.history(RELEASE)[-1]["status"] == "deployed"
+
+        # Killed after Helm recorded the upgrade, mid-rollout (a death inside Helm's own
+        # upgrade is the next test's).
+        await eventually(recorded, "the upgrade recorded and its first new pod", within=30)
         os.kill(bot.pid, signal.SIGKILL)
         bot.wait()
     finally:
@@ -219,6 +228,96 @@ async def test_a_bot_killed_mid_upgrade_resumes_without_a_second_helm_upgrade(
     finally:
         await b.close()
     await ready_on(cluster, namespace, NEW, 2)
+
+
+def set_status(kubeconfig: Path, namespace: str, revision: int, status: str, why: str) -> None:
+    """Rewrite a revision's status where Helm keeps it: the release in its Secret (base64 of
+    gzipped JSON) and the Secret's ``status`` label (helm/helm pkg/storage/driver)."""
+    api = kubernetes.client.CoreV1Api(
+        kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+    )
+    name = f"sh.helm.release.v1.{RELEASE}.v{revision}"
+    secret = api.read_namespaced_secret(name, namespace)
+    raw = base64.b64decode(base64.b64decode(secret.data["release"]))
+    release = json.loads(gzip.decompress(raw))
+    release["info"]["status"] = status
+    release["info"]["description"] = why
+    packed = base64.b64encode(gzip.compress(json.dumps(release).encode()))
+    secret.data["release"] = base64.b64encode(packed).decode()
+    secret.metadata.labels["status"] = status
+    api.replace_namespaced_secret(name, namespace, secret)
+    api.api_client.close()
+
+
+def pod_names(cluster: EmulatedCluster, namespace: str) -> set[str]:
+    """The pods serving (not terminating)."""
+    return {
+        p["metadata"]["name"]
+        for p in cluster.pods(namespace, SELECTOR)
+        if not p["metadata"].get("deletionTimestamp")
+    }
+
+
+@pytest.mark.traffic
+async def test_our_upgrade_left_pending_by_a_death_inside_helm_is_marked_failed_and_redone(
+    cluster: EmulatedCluster, kubeconfig: Path, namespace: str, helm_cfg: helm.Config
+) -> None:
+    """Helm stores the new revision as pending-upgrade, applies it, then records it deployed; a
+    bot killed in between leaves it pending, and Helm refuses every later operation. The
+    resumed run recognises its own upgrade, marks it failed (as Helm does to an upgrade it sees
+    interrupted) and upgrades again: the same manifests, so no pod is replaced again."""
+    await asyncio.to_thread(install, helm_cfg, namespace)
+    await ready_on(cluster, namespace, OLD, 2)
+    b = backend(kubeconfig, namespace)
+    try:
+        first = await b.ensure_group(NEW, slots=["g/0", "g/1"], ready_timeout_s=60, fence="run-1:1")
+        assert first.complete
+        await ready_on(cluster, namespace, NEW, 2)
+        pods = pod_names(cluster, namespace)
+        [*_, ours] = revisions(helm_cfg)
+        await asyncio.to_thread(
+            set_status, kubeconfig, namespace, 2, "pending-upgrade", ours["description"]
+        )
+        with pytest.raises(helm.HelmError, match="another operation"):  # Helm's own refusal
+            await asyncio.to_thread(helm_cfg.upgrade, str(APISIX_CHART), RELEASE, VALUES)
+    finally:
+        await b.close()
+
+    resumed = backend(kubeconfig, namespace)
+    try:
+        again = await resumed.ensure_group(
+            NEW, slots=["g/0", "g/1"], ready_timeout_s=60, fence="run-1:2"
+        )
+        assert again.complete
+    finally:
+        await resumed.close()
+    history = revisions(helm_cfg)
+    # Helm supersedes the revision before a new one, the failed one included (its description
+    # keeps what happened to it).
+    assert [h["status"] for h in history] == ["superseded", "superseded", "deployed"]
+    assert "marked failed by upgrade-bot to upgrade again" in history[1]["description"]
+    assert history[2]["values"]["image"] == {"tag": "3.16.1-ubuntu"}
+    assert pod_names(cluster, namespace) == pods, "a pod was replaced again"
+    await ready_on(cluster, namespace, NEW, 2)
+
+
+@pytest.mark.traffic
+async def test_someone_elses_pending_operation_is_left_alone_and_named(
+    cluster: EmulatedCluster, kubeconfig: Path, namespace: str, helm_cfg: helm.Config
+) -> None:
+    await asyncio.to_thread(install, helm_cfg, namespace)
+    await ready_on(cluster, namespace, OLD, 2)
+    await asyncio.to_thread(
+        set_status, kubeconfig, namespace, 1, "pending-install", "Install complete"
+    )
+    b = backend(kubeconfig, namespace)
+    try:
+        with pytest.raises(TemporaryError, match=r"revision 1 is pending-install .*helm rollback"):
+            await b.ensure_group(NEW, slots=["g/0", "g/1"], ready_timeout_s=10, fence="run-9:1")
+    finally:
+        await b.close()
+    assert [h["status"] for h in revisions(helm_cfg)] == ["pending-install"]  # untouched
+    assert {p["spec"]["containers"][0]["image"] for p in cluster.pods(namespace, SELECTOR)} == {OLD}
 
 
 @pytest.mark.traffic
