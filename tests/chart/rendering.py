@@ -9,7 +9,6 @@ contacted (the ``lookup`` function returns nothing).
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 from dataclasses import dataclass
@@ -18,6 +17,8 @@ from typing import Any
 
 import helm_python as helm
 import yaml
+
+from upgrade_bot.engine.backends.kube_helm import merge_values
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = ROOT / "helm" / "upgrade-bot"
@@ -183,15 +184,9 @@ class Rendered:
 
 
 def merged(*layers: dict[str, Any]) -> dict[str, Any]:
-    """Values layered the way `helm -f a.yaml -f b.yaml` coalesces them: maps merge key by key."""
-    out: dict[str, Any] = {}
-    for layer in layers:
-        for key, value in layer.items():
-            if isinstance(value, dict) and isinstance(out.get(key), dict):
-                out[key] = merged(out[key], value)
-            else:
-                out[key] = copy.deepcopy(value)
-    return out
+    """Values layered the way `helm -f a.yaml -f b.yaml` coalesces them (the backend's own
+    ``merge_values``): maps merge key by key."""
+    return functools.reduce(merge_values, layers, {})
 
 
 @functools.cache

@@ -67,6 +67,22 @@ async def store_of(bot: Harness):  # type: ignore[no-untyped-def]
         await store.close()
 
 
+REPLICAS = ("bot-a", "bot-b")
+
+
+@contextlib.asynccontextmanager
+async def replicas(bot: Harness, logs: dict[str, Path], env: dict[str, str]):  # type: ignore[no-untyped-def]
+    """Two ``serve`` processes, bot-a and bot-b: name → (process, ops URL)."""
+    async with contextlib.AsyncExitStack() as stack:
+        procs = {
+            name: await stack.enter_async_context(
+                serve_process(bot, logs[name], identity=name, env=env)
+            )
+            for name in REPLICAS
+        }
+        yield procs
+
+
 async def holder(store: RedisStore, run_id: str) -> str | None:
     lease = await store.lease_holder(run_id)
     return lease["holder"] if lease else None
@@ -122,13 +138,8 @@ async def test_a_replica_killed_mid_group_is_taken_over_within_the_lease_ttl(
             "UPGRADE_BOT_LOG_FORMAT": "json",
             "UPGRADE_BOT_LOG_LEVEL": "DEBUG",
         }
-        logs = {name: tmp_path / f"{name}.log" for name in ("bot-a", "bot-b")}
-        async with (
-            store_of(bot) as store,
-            serve_process(bot, logs["bot-a"], identity="bot-a", env=env) as (proc_a, ops_a),
-            serve_process(bot, logs["bot-b"], identity="bot-b", env=env) as (proc_b, ops_b),
-        ):
-            procs = {"bot-a": (proc_a, ops_a), "bot-b": (proc_b, ops_b)}
+        logs = {name: tmp_path / f"{name}.log" for name in REPLICAS}
+        async with store_of(bot) as store, replicas(bot, logs, env) as procs:
             run_id = await start_and_acknowledge(bot)
 
             async def mid_group() -> str | None:
@@ -207,13 +218,8 @@ async def test_sigterm_mid_replacement_hands_the_run_over_at_once(tmp_path: Path
     async with stand_in(tmp_path, groups=1, instances=3, production=False, faults=faults) as bot:
         set_store(bot, lease_ttl_s=ttl)
         env = {"UPGRADE_BOT_SHUTDOWN_GRACE_S": str(grace)}
-        logs = {name: tmp_path / f"{name}.log" for name in ("bot-a", "bot-b")}
-        async with (
-            store_of(bot) as store,
-            serve_process(bot, logs["bot-a"], identity="bot-a", env=env) as (proc_a, ops_a),
-            serve_process(bot, logs["bot-b"], identity="bot-b", env=env) as (proc_b, ops_b),
-        ):
-            procs = {"bot-a": (proc_a, ops_a), "bot-b": (proc_b, ops_b)}
+        logs = {name: tmp_path / f"{name}.log" for name in REPLICAS}
+        async with store_of(bot) as store, replicas(bot, logs, env) as procs:
             run_id = await start_and_acknowledge(bot)
 
             async def starting_instance() -> str | None:
