@@ -19,15 +19,19 @@ $(STAMP): requirements.lock pyproject.toml setup.py scripts/install-system-deps.
 demo: $(STAMP)
 	$(BIN)/upgrade-bot demo
 
-# The whole suite, as CI runs it (.ci/run).
+# The whole suite, as CI runs it (.ci/run): the fast lane on two workers, then the `traffic`
+# tests one at a time (they drive sustained traffic and time-bound runs on a 2-core machine).
+# Both parts always run; the target fails if either does.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	rc=0; \
+	$(BIN)/python -m pytest -m "not traffic" -n 2 || rc=1; \
+	$(BIN)/python -m pytest -m traffic || rc=1; \
+	exit $$rc
 
 # The fast lane, under 2 minutes: lint, then every test not marked `traffic` (the import
 # contracts in tests/test_architecture.py, all pure engine and Slack-rendering tests among them).
 # `traffic` tests drive sustained traffic or whole runs through sandboxes and real bot processes.
-# These tests share no engine, so they run on two workers (pytest-xdist); `make test` keeps one,
-# since traffic tests must run one at a time.
+# These tests share no engine, so they run on two workers (pytest-xdist), here and in `make test`.
 check: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not traffic" -n 2
