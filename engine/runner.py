@@ -66,7 +66,11 @@ class LeaseLost(EngineError):
 
 
 class LeaseBusy(EngineError):
-    """Another bot instance drives this run."""
+    """Another bot instance drives this run (``holder``: its identity, when known)."""
+
+    def __init__(self, message: str, holder: str | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 @dataclass
@@ -199,7 +203,7 @@ class Runner:
             if self.clock.now() >= deadline:
                 holder = await self._store(lambda: self.store.lease_holder(run_id))
                 name = holder.get("holder") if holder else "another driver"
-                raise LeaseBusy(f"run {run_id} is driven by {name}")
+                raise LeaseBusy(f"run {run_id} is driven by {name}", holder=name)
             await self.clock.sleep(min(1.0, self.lease_ttl_s / 4))
 
     async def drive(

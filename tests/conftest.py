@@ -6,23 +6,17 @@ Waiting and sandbox fleets are shared too: see tests/support.py (``eventually``,
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from upgrade_bot.prometheus_server import PrometheusServer, find_binary
+from upgrade_bot.redis_server import free_port
 
 from .support import Sandboxes, open_sandboxes
 
 os.environ.pop("REDIS_URL", None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

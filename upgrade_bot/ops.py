@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -163,6 +162,8 @@ class OpsServer:
         self.host = host
         self.port = port
         self.checks: dict[str, Check] = {}
+        self.before_scrape: Callable[[], Awaitable[None]] | None = None
+        """Brings gauges read from elsewhere (runs by state, from Redis) up to date."""
         self.stopping = False
         self._runner: web.AppRunner | None = None
 
@@ -222,15 +223,10 @@ class OpsServer:
         return web.json_response({"status": "ready", "checks": sorted(self.checks)})
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        if self.before_scrape is not None:
+            try:
+                await asyncio.wait_for(self.before_scrape(), CHECK_TIMEOUT_S)
+            except Exception:  # Redis away: serve the last values (and /readyz says why)
+                log.debug("could not refresh the runs by state", exc_info=True)
         body = generate_latest(self.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-@contextlib.asynccontextmanager
-async def ops_server(metrics: BotMetrics, *, host: str, port: int):  # type: ignore[no-untyped-def]
-    server = OpsServer(metrics, host=host, port=port)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()

@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -34,6 +33,8 @@ from typing import Any
 import httpx
 import yaml
 
+from .redis_server import free_port
+
 METRICS_PATH = "/apisix/prometheus/metrics"
 """The exporter's path (apache/apisix docs/en/latest/plugins/prometheus.md)."""
 RENAMED_PREFIX = "gw_"
@@ -42,11 +43,6 @@ RENAMED_PREFIX = "gw_"
 class PrometheusError(RuntimeError):
     """Prometheus could not be started (one line, with the reason)."""
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def find_binary() -> str | None:

@@ -112,13 +112,15 @@ class DriverSupervisor:
     async def supervise(self) -> None:
         if self.stopping:
             return
-        active = await self.engine.active()
-        for run_id in active:
+        for run_id in await self.engine.active():
             task = self.tasks.get(run_id)
             if task is None or task.done():
                 self.tasks[run_id] = asyncio.create_task(self._drive(run_id), name=run_id)
+
+    async def count_runs(self) -> None:
+        """Runs by state, read from Redis when ``/metrics`` is scraped (not every second)."""
         runs = []
-        for run_id in active:
+        for run_id in await self.engine.active():
             with contextlib.suppress(Exception):  # a run that just ended, an old schema
                 runs.append(await self.engine.status(run_id))
         self.metrics.set_runs(runs)
@@ -137,7 +139,8 @@ class DriverSupervisor:
             if result.reason == "stopped":
                 log.info("run %s: stopped driving it (lease released)", run_id)
         except LeaseBusy as exc:
-            self.held_elsewhere[run_id] = str(exc).rsplit(" by ", 1)[-1]
+            if exc.holder is not None:
+                self.held_elsewhere[run_id] = exc.holder
             log.debug("%s", exc)
         except LeaseLost as exc:
             log.warning("%s", exc)
@@ -387,6 +390,7 @@ async def _serve(
             await handler.connect_async()
             socket = handler.client  # type: ignore[assignment]
         ops.checks = {"redis": redis_ready, "slack": slack_ready}
+        ops.before_scrape = supervisor.count_runs
         log.info(
             "upgrade-bot serving (%s) as %s; Slack: %s; channel %s; health and metrics on %s",
             info["mode"],

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -15,7 +14,13 @@ from upgrade_bot.engine.adapters.store import acl_rules
 from upgrade_bot.redis_server import HOST, RedisServer
 from upgrade_bot.slackstub import SlackStub
 
-from ..slack.test_serve_cli import env_for, one_clear_line, serve_cli, write_config
+from ..slack.test_serve_cli import (
+    env_for,
+    one_clear_line,
+    serve_cli,
+    serving_process,
+    write_config,
+)
 from .servers import ADMIN_PROBE, TlsFiles, TlsRedisServer, acl_file, make_tls_files
 
 pytestmark = [pytest.mark.traffic, pytest.mark.timeout(120)]
@@ -58,24 +63,9 @@ async def test_serve_runs_over_tls_as_the_acl_user(
     tmp_path: Path, stub: SlackStub, server: RedisServer, tls: TlsFiles
 ) -> None:
     env = env_for(stub, server.url, **redis_env(tls))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "upgrade_bot", "serve", "--config", str(write_config(tmp_path)),
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    try:
-        seen = b""
-        async with asyncio.timeout(30):
-            while b"upgrade-bot serving" not in seen:
-                line = await proc.stdout.readline()
-                assert line, "serve exited early:\n" + seen.decode()
-                seen += line
+    async with serving_process(write_config(tmp_path), env) as (proc, seen):
         proc.send_signal(signal.SIGTERM)
         rest, _ = await asyncio.wait_for(proc.communicate(), 30)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
     out = (seen + rest).decode()
     assert proc.returncode == 0, out
     assert PASSWORD not in out

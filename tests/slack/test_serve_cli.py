@@ -6,6 +6,7 @@ ever printed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -68,6 +69,31 @@ def env_for(stub: SlackStub | None, redis_url: str | None, **changes: str | None
         else:
             env[key] = value
     return env
+
+
+@contextlib.asynccontextmanager
+async def serving_process(
+    config: Path, env: dict[str, str], *args: str
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, bytes]]:
+    """``upgrade-bot serve`` as a process, past its "serving" line: yields it and what it printed
+    so far; killed at the end if still running."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "upgrade_bot", "serve", "--config", str(config), *args,
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        seen = b""
+        async with asyncio.timeout(30):
+            while b"upgrade-bot serving" not in seen:
+                line = await proc.stdout.readline()
+                assert line, "serve exited early:\n" + seen.decode()
+                seen += line
+        yield proc, seen
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 async def serve_cli(config: Path, env: dict[str, str], *args: str) -> tuple[int, str]:
@@ -168,26 +194,7 @@ async def test_serve_answers_health_and_metrics_then_stops_gracefully_on_sigterm
     ops_port = free_port()
     args += ["--ops-host", "127.0.0.1", "--ops-port", str(ops_port)]
     connections = len(stub.socket.open_connections)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "upgrade_bot",
-        "serve",
-        "--config",
-        str(config),
-        *args,
-        env=env_for(stub, redis_url),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    assert proc.stdout is not None
-    try:
-        seen = b""
-        async with asyncio.timeout(30):
-            while b"upgrade-bot serving" not in seen:
-                line = await proc.stdout.readline()
-                assert line, "serve exited early:\n" + seen.decode()
-                seen += line
+    async with serving_process(config, env_for(stub, redis_url), *args) as (proc, seen):
         if mode == "socket":
             assert len(stub.socket.open_connections) > connections
         # The ops port answers in both modes, apart from Slack's (HTTP mode's /slack/events).
@@ -202,10 +209,6 @@ async def test_serve_answers_health_and_metrics_then_stops_gracefully_on_sigterm
             )
         proc.send_signal(signal.SIGTERM)
         rest, _ = await asyncio.wait_for(proc.communicate(), 30)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
     out = (seen + rest).decode()
     assert proc.returncode == 0, out
     one_clear_line(out, "@upgrade-bot", "stopped; unfinished runs resume")

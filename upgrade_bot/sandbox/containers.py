@@ -23,7 +23,6 @@ import hashlib
 import io
 import json
 import logging
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import aiohttp
 import docker
 import docker.errors
 
+from ..redis_server import free_port
 from .fleet import SlotRecord
 from .frontdoor import Member
 from .spec import SandboxSpec
@@ -94,11 +94,6 @@ def container_project(directory: Path) -> str:
     """The compose-like project name of the sandbox in ``directory`` (one per folder)."""
     return "sbx" + hashlib.sha1(str(directory.resolve()).encode()).hexdigest()[:8]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ContainerFleet:
